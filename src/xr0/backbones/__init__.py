@@ -1,0 +1,1 @@
+"""xr0 backbones (filled in by its issue)."""

@@ -1,0 +1,233 @@
+"""Recipes: load (inheritance + CLI dotlist + interpolation) → validate → build.
+
+A recipe is OmegaConf YAML. Components are dicts with a `name` key, placed under a *slot* key that
+says which registry they come from (`head: {name: dit, depth: 16}`). Validation walks the whole tree
+and binds every component's kwargs against its builder's signature before any work starts, so every
+mistake is reported with the YAML path of the bad key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from xr0 import registry as R
+
+# slot key → registry. A component dict (has `name`) under one of these keys, or in a list under one,
+# is looked up there. Keys ending in `_sampler`/`_mask`/`_head` map by suffix.
+SLOTS: dict[str, R.Registry] = {
+    "backbone": R.BACKBONES,
+    "head": R.HEADS,
+    "mask": R.MASKS,
+    "sampler": R.SAMPLERS,
+    "embodiment": R.EMBODIMENTS,
+    "stage": R.STAGES,
+    "data": R.DATASETS,
+    "sources": R.DATASETS,
+}
+SUFFIXES = {"_backbone": R.BACKBONES, "_head": R.HEADS, "_mask": R.MASKS, "_sampler": R.SAMPLERS}
+TOP_LEVEL = {"inherit", "stage", "data", "trainer", "run", "embodiment", "description"}
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe problem, with the YAML path of the bad key in the message."""
+
+
+def slot_registry(key: str) -> R.Registry | None:
+    if key in SLOTS:
+        return SLOTS[key]
+    for suffix, reg in SUFFIXES.items():
+        if key.endswith(suffix):
+            return reg
+    return None
+
+
+# ---------------------------------------------------------------- load
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    return cfg
+
+
+def _resolve_base(ref: str, child: Path) -> Path:
+    for cand in (child.parent / ref, RECIPES_DIR / ref, Path(ref)):
+        if cand.is_file():
+            return cand.resolve()
+    raise RecipeError(f"{child}: inherit: base recipe '{ref}' not found (looked beside the recipe and in {RECIPES_DIR})")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """Load a recipe with its `inherit:` chain (one base per file) and CLI dotlist overrides."""
+    path = Path(path).resolve()
+    chain, seen = [], set()
+    while True:
+        if path in seen:
+            raise RecipeError(f"inherit cycle through {path}")
+        seen.add(path)
+        cfg = _read_yaml(path)
+        chain.append(cfg)
+        base = cfg.get("inherit")
+        if base is None:
+            break
+        if not isinstance(base, str):
+            raise RecipeError(f"{path}: inherit: must be one path (a recipe may inherit one base)")
+        path = _resolve_base(base, path)
+    merged = OmegaConf.merge(*reversed(chain))
+    merged.pop("inherit", None)
+    for item in overrides or []:
+        if "=" not in item:
+            raise RecipeError(f"override '{item}' is not of the form key.path=value (e.g. trainer.max_steps=10)")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"bad override: {exc}") from exc
+    return merged
+
+
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """Interpolate `${...}` and return plain containers."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise RecipeError(f"{key or 'recipe'}: interpolation failed: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+
+
+# ---------------------------------------------------------------- validate
+def _dataclass_of(annotation: Any) -> type | None:
+    for cand in (annotation, *typing.get_args(annotation)):
+        if isinstance(cand, type) and dataclasses.is_dataclass(cand):
+            return cand
+    return None
+
+
+def _params(builder: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    sig = inspect.signature(builder)
+    try:
+        hints = typing.get_type_hints(builder.__init__ if inspect.isclass(builder) else builder)
+    except Exception:  # unresolvable forward refs: validate names only
+        hints = {}
+    params = {n: p for n, p in sig.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    return params, hints, var_kw
+
+
+def _check_keys(path: str, given: dict[str, Any], params: dict[str, Any], required: set[str], what: str, var_kw=False) -> list[str]:
+    problems = []
+    for key in given:
+        if key not in params and not var_kw:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(params), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(f"{path}.{key}: unknown argument for {what}.{hint} Valid: {', '.join(sorted(params))}")
+    for key in sorted(required - set(given)):
+        problems.append(f"{path}.{key}: missing required argument of {what}")
+    return problems
+
+
+def _check_component(path: str, node: dict[str, Any], reg: R.Registry) -> list[str]:
+    name = node.get("name")
+    if not isinstance(name, str) or name not in reg:
+        return [f"{path}.name: {reg.unknown_message(name)}"]
+    builder = reg.get(name)
+    params, hints, var_kw = _params(builder)
+    kwargs = {k: v for k, v in node.items() if k != "name"}
+    required = {n for n, p in params.items() if p.default is inspect.Parameter.empty}
+    problems = _check_keys(path, kwargs, params, required, f"{reg.kind} '{name}'", var_kw)
+    for key, value in kwargs.items():
+        dc = _dataclass_of(hints.get(key))
+        if dc is not None and isinstance(value, dict) and "name" not in value:
+            fields = {f.name: f for f in dataclasses.fields(dc)}
+            req = {f.name for f in fields.values()
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+            problems += _check_keys(f"{path}.{key}", value, fields, req, dc.__name__)
+        else:
+            problems += _walk(f"{path}.{key}", key, value)
+    hook = getattr(builder, "__xr0_validate__", None)  # builder-specific checks (e.g. data cards exist)
+    if hook is not None and not problems:
+        problems += [f"{path}: {p}" for p in hook(kwargs)]
+    return problems
+
+
+def _walk(path: str, key: str, value: Any) -> list[str]:
+    reg = slot_registry(key)
+    if isinstance(value, dict):
+        if "name" in value and reg is not None:
+            return _check_component(path, value, reg)
+        return [p for k, v in value.items() for p in _walk(f"{path}.{k}", k, v)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _walk(f"{path}[{i}]", key, v)]
+    if reg is not None and reg in (R.EMBODIMENTS,) and isinstance(value, str) and value not in reg:
+        return [f"{path}: {reg.unknown_message(value)}"]
+    return []
+
+
+def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Check a whole recipe; raise RecipeError listing every problem. Returns the resolved dict."""
+    tree = resolve(cfg) if isinstance(cfg, DictConfig) else cfg
+    problems = []
+    for key in tree:
+        if key not in TOP_LEVEL and not key.startswith("_"):
+            problems.append(f"{key}: unknown top-level key; valid: {', '.join(sorted(TOP_LEVEL))} (or a '_name' for your own variables)")
+    if "stage" not in tree:
+        problems.append("stage: missing; a recipe names its stage, e.g. stage: {name: dit_flow, ...}")
+    for key in ("stage", "data", "embodiment"):
+        if key in tree:
+            problems += _walk(key, key, tree[key])
+    if "trainer" in tree:
+        import lightning
+
+        params, _, _ = _params(lightning.Trainer)
+        if not isinstance(tree["trainer"], dict):
+            problems.append("trainer: must be a mapping of lightning.Trainer arguments")
+        else:
+            problems += _check_keys("trainer", tree["trainer"], params, set(), "lightning.Trainer")
+    if "run" in tree:
+        from xr0.run import RunConfig
+
+        fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+        problems += _check_keys("run", tree["run"] or {}, fields, set(), "run")
+    if problems:
+        raise RecipeError("recipe is invalid:\n  - " + "\n  - ".join(problems))
+    return tree
+
+
+# ---------------------------------------------------------------- build
+def build(node: Any, key: str = "") -> Any:
+    """Build a (validated) component tree depth-first: builders receive built objects, never config nodes."""
+    reg = slot_registry(key)
+    if isinstance(node, dict):
+        if "name" in node and reg is not None:
+            builder = reg.get(node["name"])
+            _, hints, _ = _params(builder)
+            kwargs = {}
+            for k, v in node.items():
+                if k == "name":
+                    continue
+                dc = _dataclass_of(hints.get(k))
+                kwargs[k] = dc(**v) if dc is not None and isinstance(v, dict) else build(v, k)
+            return builder(**kwargs)
+        return {k: build(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [build(v, key) for v in node]
+    return node
+
+
+def save_resolved(tree: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(tree)))
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""xr0 data (filled in by its issue)."""

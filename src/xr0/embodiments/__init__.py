@@ -1,0 +1,1 @@
+"""xr0 embodiments (filled in by its issue)."""

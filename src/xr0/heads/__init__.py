@@ -1,0 +1,1 @@
+"""xr0 heads (filled in by its issue)."""

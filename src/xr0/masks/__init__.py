@@ -1,0 +1,1 @@
+"""xr0 masks (filled in by its issue)."""

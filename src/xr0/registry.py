@@ -1,0 +1,113 @@
+"""One Registry class; every swappable part of xr0 is looked up by name in one of these.
+
+A recipe names components (`mask: {name: lambda, window: 4}`); the registry turns the name into the
+builder and records where each entry came from (xr0 itself or a plugin's distribution).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# Set by xr0.plugins while a plugin module is imported, so its entries record their distribution.
+_current_origin: list[str] = ["xr0"]
+
+
+class RegistryError(KeyError):
+    """Unknown or duplicate registry name. The message is the whole explanation."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Callable[..., Any]
+    origin: str  # "xr0" or the plugin distribution that registered it
+
+    @property
+    def doc(self) -> str:
+        """First line of the builder's docstring, for `xr0 ls`."""
+        text = inspect.getdoc(self.obj) or ""
+        return text.strip().splitlines()[0] if text.strip() else ""
+
+
+class Registry:
+    """Name → builder (a class or a function). `builtin` is the xr0 module whose import fills it."""
+
+    def __init__(self, kind: str, builtin: str | None = None):
+        self.kind = kind
+        self._builtin = builtin
+        self._entries: dict[str, Entry] = {}
+        self._builtins_loaded = builtin is None
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries:
+                old = self._entries[name]
+                raise RegistryError(
+                    f"{self.kind} '{name}' is already registered (by {old.origin}: "
+                    f"{getattr(old.obj, '__module__', '?')}.{getattr(old.obj, '__qualname__', old.obj)}); "
+                    f"pick another name"
+                )
+            self._entries[name] = Entry(name, obj, _current_origin[-1])
+            return obj
+
+        return deco
+
+    def _ensure_loaded(self) -> None:
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            importlib.import_module(self._builtin)  # its import registers the built-in entries
+        from xr0.plugins import load_plugins  # late: plugins import this module
+
+        load_plugins()
+
+    def entry(self, name: str) -> Entry:
+        self._ensure_loaded()
+        if name not in self._entries:
+            raise RegistryError(self.unknown_message(name))
+        return self._entries[name]
+
+    def unknown_message(self, name: Any) -> str:
+        names = self.names()
+        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        listed = ", ".join(names) if names else "(none registered)"
+        return f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}s: {listed}"
+
+    def get(self, name: str) -> Callable[..., Any]:
+        return self.entry(name).obj
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        return self.get(name)(**kwargs)
+
+    def names(self) -> list[str]:
+        self._ensure_loaded()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        self._ensure_loaded()
+        return [self._entries[n] for n in sorted(self._entries)]
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_loaded()
+        return name in self._entries
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+BACKBONES = Registry("backbone", "xr0.backbones")
+HEADS = Registry("head", "xr0.heads")
+MASKS = Registry("mask", "xr0.masks")
+SAMPLERS = Registry("sampler", "xr0.samplers")
+EMBODIMENTS = Registry("embodiment", "xr0.embodiments")
+STAGES = Registry("stage", "xr0.stages")
+DATASETS = Registry("dataset", "xr0.data")
+COMMANDS = Registry("command", "xr0.commands")
+
+ALL = {r.kind: r for r in (BACKBONES, HEADS, MASKS, SAMPLERS, EMBODIMENTS, STAGES, DATASETS, COMMANDS)}

@@ -1,0 +1,1 @@
+"""xr0 samplers (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""xr0 stages (filled in by its issue)."""
