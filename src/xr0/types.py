@@ -31,4 +31,5 @@ class VLMContext:
     attention_mask: Tensor  # (B, S) bool, True = valid (non-padding) VLM token
     next_position: Tensor  # (B,) long, first free text position id after the VLM tokens
     rope: Callable[[Tensor], tuple[Tensor, Tensor]]  # positions (B, N) long -> cos, sin (B, N, head_dim)
-    hidden: Tensor | None = None  # (B, S, hidden) last hidden states (stage 1 reads extra-token outputs)
+    hidden: Tensor | None = None  # (B, S, hidden) last hidden states of the VLM tokens
+    extra_hidden: Tensor | None = None  # (B, n, hidden) outputs of `extra_embeds` appended after each prompt (stage 1)
