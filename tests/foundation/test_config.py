@@ -1,0 +1,148 @@
+"""Recipe loading, inheritance, overrides and validation messages (each names the bad key)."""
+import textwrap
+from dataclasses import dataclass
+
+import pytest
+
+from xr0 import config
+from xr0.config import RecipeError, build, load_recipe, validate
+from xr0.registry import Registry
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+
+
+def make_registries(monkeypatch):
+    stages, heads, masks = Registry("stage"), Registry("head"), Registry("mask")
+
+    @masks.register("lambda")
+    def lambda_mask(window: int = 4):
+        """Λ mask."""
+        return ("lambda", window)
+
+    @heads.register("dit")
+    def dit(depth: int, width: int = 8, mask=None):
+        """DiT head."""
+        return {"depth": depth, "width": width, "mask": mask}
+
+    @stages.register("toy")
+    def toy(head, optim: Optim = Optim(), training_repeat: int = 1):
+        """Toy stage."""
+        return {"head": head, "optim": optim, "repeat": training_repeat}
+
+    monkeypatch.setitem(config.SLOTS, "stage", stages)
+    monkeypatch.setitem(config.SLOTS, "head", heads)
+    monkeypatch.setitem(config.SLOTS, "mask", masks)
+    monkeypatch.setitem(config.SUFFIXES, "_mask", masks)
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+BASE = """
+    trainer: {max_steps: 100, accelerator: cpu}
+    run: {seed: 1}
+    _depth: 2
+    stage:
+      name: toy
+      head: {name: dit, depth: "${_depth}", mask: {name: lambda, window: 4}}
+"""
+
+
+def test_inherit_override_and_interpolation(tmp_path, monkeypatch):
+    make_registries(monkeypatch)
+    write(tmp_path, "_base/b.yaml", BASE)
+    child = write(tmp_path, "child.yaml", """
+        inherit: _base/b.yaml
+        trainer: {max_steps: 50}
+        stage: {training_repeat: 4}
+    """)
+    tree = validate(load_recipe(child, ["trainer.max_steps=10", "_depth=3", "stage.optim.lr=0.5"]))
+    assert tree["trainer"] == {"max_steps": 10, "accelerator": "cpu"}  # child then CLI win, base keys kept
+    assert tree["stage"]["training_repeat"] == 4
+    assert tree["stage"]["head"]["depth"] == 3  # interpolation sees the override
+    built = build(tree["stage"], "stage")
+    assert built["head"]["mask"] == ("lambda", 4)  # nested components arrive built
+    assert built["optim"] == Optim(lr=0.5)  # dataclass kwargs arrive as the dataclass
+    assert "inherit" not in tree
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("stage.head.dpeth=3", "stage.head.dpeth: unknown argument for head 'dit'. Did you mean 'depth'?"),
+        ("stage.head.name=dti", "stage.head.name: unknown head 'dti'. Did you mean 'dit'?"),
+        ("stage.head.mask.name=lamda", "stage.head.mask.name: unknown mask 'lamda'. Did you mean 'lambda'?"),
+        ("stage.optim.lrr=1", "stage.optim.lrr: unknown argument for Optim. Did you mean 'lr'?"),
+        ("trainer.max_step=3", "trainer.max_step: unknown argument for lightning.Trainer"),
+        ("run.sed=3", "run.sed: unknown argument for run"),
+        ("stagee.x=1", "stagee: unknown top-level key"),
+    ],
+)
+def test_validation_names_the_bad_key(tmp_path, monkeypatch, override, needle):
+    make_registries(monkeypatch)
+    p = write(tmp_path, "r.yaml", BASE)
+    with pytest.raises(RecipeError) as exc:
+        validate(load_recipe(p, [override]))
+    assert needle in str(exc.value)
+
+
+def test_missing_required_argument(tmp_path, monkeypatch):
+    make_registries(monkeypatch)
+    p = write(tmp_path, "r.yaml", """
+        stage: {name: toy, head: {name: dit}}
+    """)
+    with pytest.raises(RecipeError, match=r"stage\.head\.depth: missing required argument of head 'dit'"):
+        validate(load_recipe(p))
+
+
+def test_all_problems_reported_at_once(tmp_path, monkeypatch):
+    make_registries(monkeypatch)
+    p = write(tmp_path, "r.yaml", BASE)
+    with pytest.raises(RecipeError) as exc:
+        validate(load_recipe(p, ["stage.head.dpeth=3", "trainer.max_step=3"]))
+    assert "stage.head.dpeth" in str(exc.value) and "trainer.max_step" in str(exc.value)
+
+
+def test_load_errors(tmp_path, monkeypatch):
+    make_registries(monkeypatch)
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    p = write(tmp_path, "r.yaml", "inherit: missing_base.yaml\n")
+    with pytest.raises(RecipeError, match="base recipe 'missing_base.yaml' not found"):
+        load_recipe(p)
+    a = write(tmp_path, "a.yaml", "inherit: b.yaml\n")
+    write(tmp_path, "b.yaml", "inherit: a.yaml\n")
+    with pytest.raises(RecipeError, match="inherit cycle"):
+        load_recipe(a)
+    p = write(tmp_path, "s.yaml", BASE)
+    with pytest.raises(RecipeError, match="not of the form key.path=value"):
+        load_recipe(p, ["trainer.max_steps"])
+    p = write(tmp_path, "i.yaml", "stage: {name: toy, head: {name: dit, depth: '${_nope}'}}\n")
+    with pytest.raises(RecipeError, match="interpolation"):
+        validate(load_recipe(p))
+    p = write(tmp_path, "bad.yaml", "stage: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(p)
+
+
+def test_missing_stage(tmp_path, monkeypatch):
+    make_registries(monkeypatch)
+    p = write(tmp_path, "r.yaml", "trainer: {max_steps: 1}\n")
+    with pytest.raises(RecipeError, match="stage: missing"):
+        validate(load_recipe(p))
+
+
+def test_save_resolved_roundtrip(tmp_path, monkeypatch):
+    make_registries(monkeypatch)
+    tree = validate(load_recipe(write(tmp_path, "r.yaml", BASE)))
+    config.save_resolved(tree, tmp_path / "out" / "recipe.yaml")
+    again = validate(load_recipe(tmp_path / "out" / "recipe.yaml"))
+    assert again == tree

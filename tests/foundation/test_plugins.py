@@ -1,0 +1,50 @@
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+from xr0 import plugins
+from xr0.registry import EMBODIMENTS
+
+
+def test_example_plugin_is_installed_and_discovered():
+    names = {ep.name for ep in entry_points(group=plugins.GROUP)}
+    assert "example" in names, "make test installs plugins/xr0-embodiment-example; run `make test`"
+    loaded = {p.name: p for p in plugins.load_plugins()}
+    assert loaded["example"].error is None
+    assert loaded["example"].distribution == "xr0-embodiment-example"
+
+
+def test_plugin_entries_record_their_distribution():
+    origins = {e.origin for e in EMBODIMENTS.entries()}
+    assert "xr0-embodiment-example" in origins
+
+
+def test_broken_plugin_names_its_distribution(monkeypatch):
+    class FakeDist:
+        name, version = "xr0-broken-plugin", "0.0.1"
+
+    class FakeEP:
+        name, value, dist = "broken", "xr0_does_not_exist_anywhere", FakeDist()
+
+        def load(self):
+            raise ImportError("No module named 'xr0_does_not_exist_anywhere'")
+
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [FakeEP()])
+    monkeypatch.setattr(plugins, "_loaded", None)
+    with pytest.raises(plugins.PluginError, match="xr0-broken-plugin"):
+        plugins.load_plugins()
+    monkeypatch.setattr(plugins, "_loaded", None)
+    monkeypatch.setenv("XR0_PLUGIN_ERRORS", "warn")
+    with pytest.warns(UserWarning, match="xr0-broken-plugin"):
+        found = plugins.load_plugins()
+    assert found[0].error and "xr0_does_not_exist_anywhere" in found[0].error
+    monkeypatch.setattr(plugins, "_loaded", None)
+
+
+def test_cli_plugins_and_ls_list_the_example():
+    out = subprocess.run([sys.executable, "-m", "xr0.cli", "plugins"], capture_output=True, text=True, check=True)
+    assert "xr0-embodiment-example" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "xr0.cli", "ls", "embodiment"], capture_output=True, text=True, check=True)
+    assert "xr0-embodiment-example" in out.stdout
