@@ -170,8 +170,12 @@ def _walk(path: str, key: str, value: Any) -> list[str]:
         return [p for k, v in value.items() for p in _walk(f"{path}.{k}", k, v)]
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _walk(f"{path}[{i}]", key, v)]
-    if reg is not None and reg in (R.EMBODIMENTS,) and isinstance(value, str) and value not in reg:
-        return [f"{path}: {reg.unknown_message(value)}"]
+    if value == "???":
+        return [f"{path}: missing value (the recipe leaves it as ???); set it in the recipe or as {path}=..."]
+    if reg is R.EMBODIMENTS and isinstance(value, str):  # an embodiment may be named by a bare string
+        return [] if value in reg else [f"{path}: {reg.unknown_message(value)}"]
+    if reg is not None and value is not None:
+        return [f"{path}: expected a {reg.kind} component like {{name: ..., <kwargs>}}, got {value!r}"]
     return []
 
 
@@ -182,20 +186,21 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     for key in tree:
         if key not in TOP_LEVEL and not key.startswith("_"):
             problems.append(f"{key}: unknown top-level key; valid: {', '.join(sorted(TOP_LEVEL))} (or a '_name' for your own variables)")
-    if "stage" not in tree:
+    if tree.get("stage") is None:
         problems.append("stage: missing; a recipe names its stage, e.g. stage: {name: dit_flow, ...}")
     for key in ("stage", "data", "embodiment"):
         if key in tree:
             problems += _walk(key, key, tree[key])
+    for key in ("run", "trainer"):
+        if key in tree and not isinstance(tree[key], dict | None):
+            problems.append(f"{key}: must be a mapping of keys to values, got {tree[key]!r}")
     if "trainer" in tree:
         import lightning
 
         params, _, _ = _params(lightning.Trainer)
-        if not isinstance(tree["trainer"], dict):
-            problems.append("trainer: must be a mapping of lightning.Trainer arguments")
-        else:
+        if isinstance(tree["trainer"], dict):
             problems += _check_keys("trainer", tree["trainer"], params, set(), "lightning.Trainer")
-    if "run" in tree:
+    if isinstance(tree.get("run"), dict):
         from xr0.run import RunConfig
 
         fields = {f.name: f for f in dataclasses.fields(RunConfig)}
