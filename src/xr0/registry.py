@@ -8,8 +8,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 # Set by xr0.plugins while a plugin module is imported, so its entries record their distribution.
 _current_origin: list[str] = ["xr0"]

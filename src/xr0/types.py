@@ -14,8 +14,8 @@ Vision-language samples (stage 1) carry: images, image_mask, prompt list[str], a
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import Tensor
 

@@ -146,3 +146,44 @@ def test_save_resolved_roundtrip(tmp_path, monkeypatch):
     config.save_resolved(tree, tmp_path / "out" / "recipe.yaml")
     again = validate(load_recipe(tmp_path / "out" / "recipe.yaml"))
     assert again == tree
+
+
+# ---- bad input: random recipe trees and overrides (hypothesis)
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+keys = st.sampled_from(["stage", "stage.head", "stage.head.depth", "stage.head.mask", "stage.head.mask.name",
+                        "stage.optim.lr", "trainer.max_steps", "run.seed", "trainer", "run", "data", "x",
+                        "stage.name", "embodiment", "_v", "stage.head.name"])
+values = st.one_of(st.integers(-3, 3), st.sampled_from(["dit", "lambda", "???", "null", "[1, 2]", "{a: 1}",
+                                                         "${_v}", "${nope}", "toy", "'x y'", ""]))
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5))
+trees = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=3),
+                                                      st.dictionaries(st.sampled_from(["stage", "name", "head", "mask", "data", "run", "trainer", "depth", "x"]), kids, max_size=3)),
+                     max_leaves=12)
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SETTINGS
+@given(st.lists(st.tuples(keys, values), max_size=4))
+def test_random_overrides(tmp_path, monkeypatch, pairs):
+    make_registries(monkeypatch)
+    p = write(tmp_path, "r.yaml", BASE)
+    try:
+        validate(load_recipe(p, [f"{k}={v}" for k, v in pairs]))
+    except RecipeError:
+        pass
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["stage", "trainer", "run", "data", "embodiment", "x", "inherit"]), trees, max_size=4))
+def test_random_trees(tmp_path, monkeypatch, tree):
+    make_registries(monkeypatch)
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump(tree))
+    try:
+        validate(load_recipe(p))
+    except RecipeError:
+        pass
