@@ -84,3 +84,21 @@ class Plugins:
             state = f"FAILED: {p.error}" if p.error else "ok"
             print(f"{p.name:<20} {p.distribution}=={p.version:<12} {p.module:<28} {state}")
         return 0
+
+
+@COMMANDS.register("export")
+class Export:
+    """Export a checkpoint: safetensors weights + JSON metadata (recipe, embodiment, statistics)."""
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument("checkpoint")
+        p.add_argument("out_dir")
+
+    @staticmethod
+    def run(args):
+        from xr0.export import export_checkpoint
+
+        out = export_checkpoint(args.checkpoint, args.out_dir)
+        print(f"exported {args.checkpoint} -> {out}")
+        return 0
