@@ -1,0 +1,106 @@
+"""Stage checkpoints → models: `init_from` (stage N → stage N+1) and `load_policy` (checkpoint → deploy).
+
+Stage modules name their parts `backbone.*` and `head.*` (stage 1) or `policy.backbone.*`,
+`policy.head.*` (stages 2 and 3). Keys are compared in a canonical form with the `policy.` prefix
+removed, so a stage-1 VLM loads into a stage-2 policy and a stage-2 policy into stage 3.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+SHOW = 8  # mismatching keys listed in an error
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint does not fit the module it should initialise; the message lists the first bad keys."""
+
+
+def _canonical(key: str) -> str:
+    return key[len("policy."):] if key.startswith("policy.") else key
+
+
+def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata from a Lightning checkpoint file or an `xr0 export` directory."""
+    from xr0.export import META_KEYS, load_checkpoint, read_export
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / "config.json").is_file() and not (path / "xr0.json").is_file():
+            raise ValueError(f"{path} is a Hugging Face model directory, not an xr0 checkpoint: load it with "
+                             f"stage.backbone.pretrained={path} instead of init_from")
+        return read_export(path)
+    ckpt = load_checkpoint(path)
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path} has no state_dict: not a Lightning checkpoint")
+    return ckpt["state_dict"], {k: ckpt.get(k) for k in META_KEYS}
+
+
+def init_from(module: nn.Module, path: str | Path, parts: tuple[str, ...]) -> list[str]:
+    """Copy the `parts` (e.g. ("backbone",) or ("backbone", "head")) of a checkpoint into `module`.
+
+    Every target key under those parts must be present with the same shape; otherwise raise listing the
+    first mismatching keys. Returns the loaded canonical keys.
+    """
+    source, meta = read_state(path)
+    src = {_canonical(k): v for k, v in source.items()}
+    target = {_canonical(k): k for k in module.state_dict()}
+    wanted = [k for k in target if k.split(".", 1)[0] in parts]
+    if not wanted:
+        raise CheckpointMismatch(f"the module has no parameters under {parts}; nothing to load from {path}")
+    own = module.state_dict()
+    missing = [k for k in wanted if k not in src]
+    shape = [f"{k}: checkpoint {tuple(src[k].shape)} vs model {tuple(own[target[k]].shape)}"
+             for k in wanted if k in src and src[k].shape != own[target[k]].shape]
+    if missing or shape:
+        lines = [f"missing in checkpoint: {k}" for k in missing[:SHOW]] + shape[:SHOW]
+        have = sorted({k.split(".", 1)[0] for k in src})
+        raise CheckpointMismatch(
+            f"init_from {path} (stage {meta.get('xr0_stage')}) does not fit this model's {'/'.join(parts)}: "
+            f"{len(missing)} keys missing, {len(shape)} with another shape. First ones:\n  "
+            + "\n  ".join(lines)
+            + f"\nThe checkpoint holds parts: {', '.join(have)}. Use the same backbone/head sizes (and lora "
+              f"setting) as the run that wrote it.")
+    with torch.no_grad():
+        for k in wanted:
+            own[target[k]].copy_(src[k].to(own[target[k]].dtype))
+    return wanted
+
+
+@dataclass
+class LoadedPolicy:
+    """What `load_policy` returns: the model plus everything needed to feed it and read its output."""
+
+    policy: nn.Module  # a Policy (stages 2/3: predict_chunk(batch, prefix, steps)) or a stage-1 module
+    recipe: dict[str, Any]
+    embodiment: str | None
+    stats: Any
+    stage: str | None
+
+
+def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedPolicy:
+    """Rebuild the stage a checkpoint (or export dir) was trained with, load its weights, return its policy."""
+    from xr0 import config
+
+    weights, meta = read_state(path)
+    recipe = meta.get("xr0_recipe")
+    if not recipe or "stage" not in recipe:
+        raise ValueError(f"{path} carries no xr0_recipe: it was not written by `xr0 fit` (or the run predates "
+                         f"metadata); cannot rebuild the model without the recipe")
+    stage_tree = dict(recipe["stage"])
+    stage_tree["init_from"] = None  # the weights come from this checkpoint, not from the earlier stage
+    module = config.build(stage_tree, "stage")
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointMismatch(
+            f"{path}: weights do not match the rebuilt {stage_tree.get('name')} stage; first missing: "
+            f"{missing[:SHOW]}, first unexpected: {unexpected[:SHOW]}")
+    module.xr0_recipe, module.xr0_stats = recipe, meta.get("xr0_stats")
+    module.to(map_location).eval()
+    policy = getattr(module, "policy", module)
+    return LoadedPolicy(policy=policy, recipe=recipe, embodiment=meta.get("xr0_embodiment"),
+                        stats=meta.get("xr0_stats"), stage=meta.get("xr0_stage"))

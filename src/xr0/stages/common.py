@@ -1,0 +1,161 @@
+"""Plain functions the three stages share (no base class): optimiser + schedule, checkpoint metadata,
+freezing, and the predicted-vs-true chunk figure for TensorBoard."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class OptimConfig:
+    """The `optim:` section of a stage: AdamW with linear warmup then cosine decay to min_lr_ratio·lr."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    total_steps: int | None = None  # None: trainer.max_steps
+    min_lr_ratio: float = 0.1
+    backbone_lr: float | None = None  # a separate LR for trainable VLM parameters (None: lr)
+
+
+def _groups(module: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
+    """Trainable parameters only; no weight decay on biases, norms and learned tokens (ndim < 2)."""
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, p in module.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        is_backbone = ".backbone." in f".{name}"
+        buckets.setdefault((is_backbone, p.ndim >= 2), []).append(p)
+    groups = []
+    for (is_backbone, decay), params in buckets.items():
+        lr = optim.backbone_lr if is_backbone and optim.backbone_lr is not None else optim.lr
+        groups.append({"params": params, "lr": lr, "weight_decay": optim.weight_decay if decay else 0.0})
+    if not groups:
+        raise ValueError("this stage has no trainable parameters: check backbone.freeze / lora and the head")
+    return groups
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup from 0 to 1 over `warmup` steps, then cosine from 1 to min_ratio at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(total - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def configure_optimizers(module: Any, optim: OptimConfig) -> dict[str, Any]:
+    """AdamW over the trainable parameters plus a per-step warmup+cosine LambdaLR."""
+    total = optim.total_steps
+    if total is None:
+        trainer = getattr(module, "_trainer", None)
+        total = trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 else None
+    if total is None:
+        raise ValueError("optim.total_steps is unset and trainer.max_steps is not positive: set one of them "
+                         "so the cosine schedule knows its length")
+    opt = torch.optim.AdamW(_groups(module, optim), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, optim.warmup_steps, total, optim.min_lr_ratio))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+# ---------------------------------------------------------------- freezing
+def freeze(module: nn.Module) -> None:
+    """No gradients and eval mode (dropout off); the stage keeps it in eval across Lightning's .train()."""
+    module.requires_grad_(False)
+    module.eval()
+
+
+def assert_grads_only_on_trainable(module: nn.Module) -> list[str]:
+    """Names of frozen parameters that still received a gradient (empty when all is well)."""
+    return [n for n, p in module.named_parameters() if not p.requires_grad and p.grad is not None]
+
+
+# ---------------------------------------------------------------- checkpoint metadata
+def embodiment_of(module: Any) -> str | None:
+    """The embodiment name: from the recipe, else from the data module."""
+    recipe = getattr(module, "xr0_recipe", None) or {}
+    emb = recipe.get("embodiment")
+    if isinstance(emb, dict):
+        emb = emb.get("name")
+    if emb is None:
+        trainer = getattr(module, "_trainer", None)
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        emb = getattr(dm, "embodiment", None)
+    return emb
+
+
+def save_metadata(module: Any, checkpoint: dict[str, Any], stage: str) -> None:
+    """Everything deploy needs besides weights: resolved recipe, normalisation stats, embodiment, stage name."""
+    checkpoint["xr0_recipe"] = getattr(module, "xr0_recipe", None)
+    checkpoint["xr0_stats"] = getattr(module, "xr0_stats", None)
+    checkpoint["xr0_embodiment"] = embodiment_of(module)
+    checkpoint["xr0_stage"] = stage
+
+
+def load_metadata(module: Any, checkpoint: dict[str, Any]) -> None:
+    """On resume, keep the stats/recipe of the checkpoint if `xr0 fit` did not set them."""
+    for key in ("xr0_recipe", "xr0_stats"):
+        if getattr(module, key, None) is None and checkpoint.get(key) is not None:
+            setattr(module, key, checkpoint[key])
+
+
+# ---------------------------------------------------------------- TensorBoard figure
+def chunk_figure(pred: Tensor, true: Tensor, action_mask: Tensor | None = None, max_dims: int = 4,
+                 prefix_len: int = 0):
+    """Predicted vs true action chunk for one sample: pred/true (T, D) -> a matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    pred, true = pred.detach().float().cpu(), true.detach().float().cpu()  # (T, D)
+    dims = torch.arange(true.shape[-1]) if action_mask is None else action_mask.detach().cpu().nonzero().flatten()
+    dims = dims[:max_dims].tolist()
+    fig, axes = plt.subplots(1, max(len(dims), 1), figsize=(3 * max(len(dims), 1), 2.5), squeeze=False)
+    steps = range(true.shape[0])
+    for ax, d in zip(axes[0], dims):
+        ax.plot(steps, true[:, d], "k-", label="true")
+        ax.plot(steps, pred[:, d], "r--", label="predicted")
+        if prefix_len > 0:
+            ax.axvspan(-0.5, prefix_len - 0.5, color="0.85", label="prefix")
+        ax.set_title(f"dim {d}")
+        ax.set_xlabel("chunk step")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def log_chunk_figure(module: Any, tag: str, pred: Tensor, true: Tensor, action_mask: Tensor | None,
+                     every_n_steps: int, prefix_len: int = 0) -> bool:
+    """Add the figure of sample 0 to TensorBoard every `every_n_steps` steps; returns whether it logged."""
+    if every_n_steps <= 0 or module.global_step % every_n_steps != 0:
+        return False
+    logger = getattr(module, "logger", None)
+    writer = getattr(logger, "experiment", None) if logger is not None else None
+    if writer is None or not hasattr(writer, "add_figure"):
+        return False
+    import matplotlib.pyplot as plt
+
+    fig = chunk_figure(pred[0], true[0], None if action_mask is None else action_mask[0], prefix_len=prefix_len)
+    writer.add_figure(tag, fig, global_step=module.global_step)
+    plt.close(fig)
+    return True
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    for key in ("actions", "images", "state"):
+        if torch.is_tensor(batch.get(key)):
+            return int(batch[key].shape[0])
+    for v in batch.values():
+        if isinstance(v, (list, tuple)):
+            return len(v)
+    return 1
