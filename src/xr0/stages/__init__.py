@@ -1,1 +1,2 @@
-"""xr0 stages (filled in by its issue)."""
+"""xr0 training stages: one LightningModule per file; importing a module registers its stage."""
+from xr0.stages import vlm_cotrain  # noqa: F401

@@ -1,0 +1,173 @@
+"""Stage 1 — choice-policy VLM co-training (SPEC §2 stage 1, paper §2.2.1).
+
+Robot batches: the VLM reads `o_t, l, s_t, [A_1..A_T], [S]` (the last T+2 embeddings come from the
+choice-policy head) and the head turns their outputs into N candidate chunks and N scores.
+Vision-language batches: next-token prediction on the answer tokens. The VL:robot ratio (1:6 in the
+paper) is realised by the data mixture; this module logs the ratio it actually saw.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from xr0.registry import STAGES
+from xr0.stages.common import (OptimConfig, batch_size_of, configure_optimizers, load_metadata,
+                               log_chunk_figure, save_metadata)
+
+KV_LAYERS = 1  # stage 1 reads only the appended tokens' outputs; the KV of one layer is the cheapest ask
+
+
+def split_kinds(batch: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A batch → [(kind, sub-batch)] with kind 'robot' or 'vl'.
+
+    Accepts a combined batch {'robot': {...}, 'vl': {...}} (either may be missing), or one flat batch
+    whose kind is given by `kind` (a string or a list of equal strings) or, failing that, by its keys:
+    `actions` means robot, `answer` means vision-language (src/xr0/types.py).
+    """
+    if "robot" in batch or "vl" in batch:
+        return [(k, batch[k]) for k in ("robot", "vl") if batch.get(k) is not None]
+    kind = batch.get("kind")
+    if isinstance(kind, (list, tuple)):
+        kinds = set(kind)
+        if len(kinds) != 1:
+            raise ValueError(f"a flat batch mixes sample kinds {sorted(kinds)}; the data module must batch "
+                             f"robot and vision-language samples separately (or as {{'robot':…, 'vl':…}})")
+        kind = kinds.pop()
+    if kind in ("vl", "vision_language", "vision-language"):
+        return [("vl", batch)]
+    if kind == "robot" or "actions" in batch:
+        return [("robot", batch)]
+    if "answer" in batch:
+        return [("vl", batch)]
+    raise ValueError(f"cannot tell the batch kind from keys {sorted(batch)}: a robot batch has 'actions', a "
+                     f"vision-language batch has 'prompt' and 'answer'")
+
+
+def stage1_metrics(num_candidates: int) -> nn.ModuleDict:
+    n = num_candidates
+    return nn.ModuleDict({
+        "l1_chosen": torchmetrics.MeanMetric(),  # action L1 of the lowest-scored candidate
+        "l1_best": torchmetrics.MeanMetric(),  # action L1 of the best candidate (oracle)
+        # how often the lowest score picks the best candidate
+        "rank_accuracy": MulticlassAccuracy(num_classes=n, average="micro") if n > 1 else torchmetrics.MeanMetric(),
+        "winners": torchmetrics.SumMetric(),  # (N,) wins per candidate, for the histogram
+        "vl_token_accuracy": torchmetrics.MeanMetric(),
+        "vl_perplexity": Perplexity(ignore_index=-100),
+    })
+
+
+@STAGES.register("vlm_cotrain")
+class VLMCoTrain(L.LightningModule):
+    """Stage 1: choice-policy VLM co-training on robot + vision-language batches (N candidates, WTA L1)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        optim: OptimConfig = OptimConfig(),
+        vl_weight: float = 1.0,
+        plot_every_n_steps: int = 500,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        if not hasattr(head, "tokens") or not hasattr(head, "select"):
+            raise ValueError("stage vlm_cotrain needs a choice-policy head: set stage.head: {name: choice_policy, chunk: T}")
+        head.bind(backbone.hidden_size)
+        self.backbone, self.head = backbone, head
+        self.optim, self.vl_weight, self.plot_every_n_steps = optim, vl_weight, plot_every_n_steps
+        self.metrics = nn.ModuleDict({f"{t}_": stage1_metrics(head.num_candidates) for t in ("train", "val")})  # "train" is a Module method name
+        self.register_buffer("seen", torch.zeros(2, dtype=torch.long), persistent=True)  # robot, vl samples
+        self.xr0_recipe: dict[str, Any] | None = None
+        self.xr0_stats: Any = None
+        if init_from:
+            from xr0.checkpoint import init_from as load
+
+            load(self, init_from, parts=("backbone", "head"))
+
+    # ------------------------------------------------------------ forward pieces
+    def choice_forward(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Robot batch → candidates (B, N, T, 32), scores (B, N)."""
+        inputs = self.backbone.prepare(batch["images"], batch["image_mask"], list(batch["instruction"]))
+        extra = self.head.tokens(batch["state"].float())  # (B, T+2, hidden)
+        ctx = self.backbone.context(inputs, KV_LAYERS, extra_embeds=extra)
+        return self.head(ctx.extra_hidden)
+
+    @torch.no_grad()
+    def predict_chunk(self, batch: dict[str, Any]) -> Tensor:
+        """Inference: the lowest-scored candidate chunk (B, T, 32)."""
+        cand, scores = self.choice_forward(batch)
+        return self.head.select(cand, scores)
+
+    def robot_step(self, batch: dict[str, Any], tag: str) -> Tensor:
+        cand, scores = self.choice_forward(batch)
+        out = self.head.loss(cand, scores, batch["actions"], batch["action_mask"], batch.get("chunk_mask"))
+        bs, m = batch_size_of(batch), self.metrics[f"{tag}_"]
+        m["l1_chosen"](out["l1_chosen"])
+        m["l1_best"](out["l1_best"])
+        if self.head.num_candidates > 1:
+            m["rank_accuracy"](out["chosen"], out["best"])
+        else:
+            m["rank_accuracy"](torch.ones_like(out["l1_best"]))
+        m["winners"](torch.bincount(out["best"], minlength=self.head.num_candidates).float())
+        self.log_dict({f"{tag}/robot_loss": out["loss"], f"{tag}/action_loss": out["action_loss"],
+                       f"{tag}/score_loss": out["score_loss"]}, batch_size=bs, prog_bar=tag == "train")
+        self.log_dict({f"{tag}/{k}": m[k] for k in ("l1_chosen", "l1_best", "rank_accuracy")}, batch_size=bs)
+        if tag == "train":
+            chosen = self.head.select(cand.detach(), scores.detach())  # (B, T, D)
+            if log_chunk_figure(self, "train/chunk", chosen, batch["actions"], batch["action_mask"],
+                                self.plot_every_n_steps):
+                wins = m["winners"].compute()  # (N,)
+                self.logger.experiment.add_histogram(
+                    "train/winner", torch.repeat_interleave(torch.arange(len(wins)), wins.long()),
+                    global_step=self.global_step)
+        return out["loss"]
+
+    def vl_step(self, batch: dict[str, Any], tag: str) -> Tensor:
+        inputs = self.backbone.prepare(batch["images"], batch["image_mask"], list(batch["prompt"]),
+                                       answers=list(batch["answer"]))
+        loss, logits, labels = self.backbone.lm_loss(inputs)
+        pred, target = logits[:, :-1].float(), labels[:, 1:]  # (B, S-1, V), (B, S-1): token t predicts t+1
+        valid, m = target != -100, self.metrics[f"{tag}_"]
+        if valid.any():
+            correct = (pred.argmax(-1) == target)[valid].float()  # (n,)
+            m["vl_token_accuracy"](correct)
+            m["vl_perplexity"](pred.detach(), target)
+            self.log_dict({f"{tag}/{k}": m[k] for k in ("vl_token_accuracy", "vl_perplexity")},
+                          batch_size=batch_size_of(batch))
+        self.log(f"{tag}/vl_loss", loss, batch_size=batch_size_of(batch), prog_bar=tag == "train")
+        return loss
+
+    def _step(self, batch: dict[str, Any], tag: str) -> Tensor:
+        total = None
+        for kind, sub in split_kinds(batch):
+            loss = self.robot_step(sub, tag) if kind == "robot" else self.vl_weight * self.vl_step(sub, tag)
+            total = loss if total is None else total + loss
+            if tag == "train":
+                self.seen[0 if kind == "robot" else 1] += batch_size_of(sub)
+        if tag == "train":
+            robot, vl = self.seen.tolist()
+            self.log("train/vl_fraction", vl / max(robot + vl, 1), batch_size=1)  # paper 1:6 → 0.143
+        self.log(f"{tag}/loss", total, batch_size=batch_size_of(batch))
+        return total
+
+    # ------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.optim)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_metadata(self, checkpoint, "vlm_cotrain")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        load_metadata(self, checkpoint)
