@@ -21,7 +21,14 @@ class CheckpointMismatch(ValueError):
 
 
 def _canonical(key: str) -> str:
-    return key[len("policy."):] if key.startswith("policy.") else key
+    """Stage-independent key: no `policy.` prefix, and PEFT's wrapping removed so a LoRA model reads a
+    plain checkpoint (`…base_model.model.X.base_layer.weight` → `…X.weight`)."""
+    key = key[len("policy."):] if key.startswith("policy.") else key
+    return key.replace(".base_model.model.", ".").replace(".base_layer.", ".")
+
+
+def _is_adapter(key: str) -> bool:
+    return ".lora_" in key  # LoRA weights are new in the stage that adds them
 
 
 def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -49,7 +56,7 @@ def init_from(module: nn.Module, path: str | Path, parts: tuple[str, ...]) -> li
     source, meta = read_state(path)
     src = {_canonical(k): v for k, v in source.items()}
     target = {_canonical(k): k for k in module.state_dict()}
-    wanted = [k for k in target if k.split(".", 1)[0] in parts]
+    wanted = [k for k in target if k.split(".", 1)[0] in parts and not _is_adapter(target[k])]
     if not wanted:
         raise CheckpointMismatch(f"the module has no parameters under {parts}; nothing to load from {path}")
     own = module.state_dict()

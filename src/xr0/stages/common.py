@@ -72,6 +72,8 @@ def freeze(module: nn.Module) -> None:
     """No gradients and eval mode (dropout off); the stage keeps it in eval across Lightning's .train()."""
     module.requires_grad_(False)
     module.eval()
+    if hasattr(module, "frozen"):
+        module.frozen = True  # the backbone contract: a frozen backbone runs its forward under no_grad
 
 
 def assert_grads_only_on_trainable(module: nn.Module) -> list[str]:
@@ -159,3 +161,27 @@ def batch_size_of(batch: dict[str, Any]) -> int:
         if isinstance(v, (list, tuple)):
             return len(v)
     return 1
+
+
+# ---------------------------------------------------------------- flow-matching step (stages 2 and 3)
+def log_flow_terms(module: Any, out: dict[str, Tensor], tag: str, batch_size: int) -> None:
+    """Log every scalar the policy's flow_loss returned (loss first, on the progress bar)."""
+    scalars = {f"{tag}/{k}": v.detach() if torch.is_tensor(v) else v for k, v in out.items()
+               if not torch.is_tensor(v) or v.numel() == 1}
+    module.log(f"{tag}/loss", out["loss"], batch_size=batch_size, prog_bar=tag == "train")
+    scalars.pop(f"{tag}/loss", None)
+    if scalars:
+        module.log_dict(scalars, batch_size=batch_size)
+
+
+def plot_policy_chunk(module: Any, policy: Any, batch: dict[str, Any], every_n_steps: int, steps: int,
+                      prefix_len: Tensor | None = None) -> bool:
+    """Every N steps: a no-grad 5-step generation for the batch, plotted against the true chunk."""
+    if every_n_steps <= 0 or module.global_step % every_n_steps != 0 or not module.logger:
+        return False
+    p = int(prefix_len[0]) if prefix_len is not None else 0
+    with torch.no_grad():
+        prefix = batch["actions"][:, :p] if p > 0 else None  # (B, P, 32): sample 0's Δt_c for all
+        pred = policy.predict_chunk(batch, prefix=prefix, steps=steps)  # (B, T, 32)
+    return log_chunk_figure(module, "train/chunk", pred, batch["actions"], batch.get("action_mask"),
+                            every_n_steps, prefix_len=p)

@@ -1,0 +1,80 @@
+"""Stage 2 — frozen-VLM DiT training (SPEC §2 stage 2, paper §2.2.1).
+
+The VLM (from a stage-1 checkpoint via `init_from`, or a Hugging Face directory via
+`backbone.pretrained`) is frozen: no gradients, eval mode, its forward under no_grad. Its input is
+images + instruction only. The DiT is trained from scratch with flow matching (beta τ, causal mask,
+no prefix); one VLM forward feeds `training_repeat` DiT draws of (ε, τ).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from xr0.registry import STAGES
+from xr0.stages.common import (OptimConfig, batch_size_of, configure_optimizers, freeze, load_metadata,
+                               log_flow_terms, plot_policy_chunk, save_metadata)
+
+
+@STAGES.register("dit_flow")
+class DiTFlow(L.LightningModule):
+    """Stage 2: DiT flow matching on a frozen VLM's KV cache (beta τ, causal mask, training_repeat k)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        mask: Any,
+        tau_sampler: Any,
+        training_repeat: int = 4,
+        optim: OptimConfig = OptimConfig(),
+        flow_steps: int = 5,
+        plot_every_n_steps: int = 500,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        from xr0.policy import Policy
+
+        if training_repeat < 1:
+            raise ValueError(f"stage.training_repeat must be >= 1 (got {training_repeat})")
+        self.policy = Policy(backbone=backbone, head=head, mask=mask, tau_sampler=tau_sampler)
+        self.training_repeat, self.optim = training_repeat, optim
+        self.flow_steps, self.plot_every_n_steps = flow_steps, plot_every_n_steps
+        self.xr0_recipe: dict[str, Any] | None = None
+        self.xr0_stats: Any = None
+        if init_from:
+            from xr0.checkpoint import init_from as load
+
+            load(self, init_from, parts=("backbone",))  # the VLM only: the DiT starts from scratch
+        freeze(self.policy.backbone)
+
+    def train(self, mode: bool = True) -> "DiTFlow":
+        super().train(mode)
+        self.policy.backbone.eval()  # frozen VLM stays in eval while Lightning toggles train/eval
+        return self
+
+    def _step(self, batch: dict[str, Any], tag: str) -> Tensor:
+        with torch.no_grad():
+            ctx = self.policy.context(batch)  # one VLM forward, no graph
+        out = self.policy.flow_loss(batch, ctx, prefix_len=None, reweight=False, repeat=self.training_repeat)
+        log_flow_terms(self, out, tag, batch_size_of(batch))
+        return out["loss"]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        plot_policy_chunk(self, self.policy, batch, self.plot_every_n_steps, self.flow_steps)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.optim)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_metadata(self, checkpoint, "dit_flow")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        load_metadata(self, checkpoint)
