@@ -1,0 +1,79 @@
+"""Verbs for the released Xiaomi-Robotics-0 checkpoints: import-release and export-release."""
+from __future__ import annotations
+
+from xr0.registry import COMMANDS
+
+
+def _fail(exc: Exception) -> int:
+    import sys
+
+    print(f"xr0: error: {exc}", file=sys.stderr)
+    return 2
+
+
+@COMMANDS.register("import-release")
+class ImportRelease:
+    """Import a downloaded Xiaomi-Robotics-0 release (config.json, safetensors, processor) as an xr0 model."""
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument("release_dir", help="local copy, e.g. from `huggingface-cli download <repo> --local-dir DIR`")
+        p.add_argument("out_dir", help="xr0 export directory to write (model.safetensors + xr0.json)")
+        p.add_argument("--robot-type", default=None,
+                       help="released robot_type to make the checkpoint's embodiment (needed when there are several)")
+        p.add_argument("--no-copy-files", action="store_true",
+                       help="do not copy config/processor/tokenizer/remote code to OUT/release_files/")
+
+    @staticmethod
+    def run(args):
+        from xr0.release.importer import import_release
+        from xr0.release.keymap import KeyMapError
+        from xr0.release.layout import ReleaseError
+
+        try:
+            rep = import_release(args.release_dir, args.out_dir, args.robot_type, not args.no_copy_files)
+        except (KeyMapError, ReleaseError) as exc:
+            return _fail(exc)
+        print(f"imported {rep.n_tensors} tensors -> {rep.out}")
+        print(f"embodiments (one per released robot_type): {', '.join(rep.embodiments)}")
+        if rep.embodiment:
+            print(f"checkpoint embodiment: {rep.embodiment}")
+        else:
+            print("checkpoint embodiment: none chosen (several robot types); pass --robot-type to pick one")
+        for name in rep.added:
+            print(f"added {name} (tied to the input embeddings; the release omits it)")
+        for name in rep.ignored:
+            print(f"ignored {name} (recomputed buffer)")
+        return 0
+
+
+@COMMANDS.register("export-release")
+class ExportRelease:
+    """Export an xr0 model to the released MiBoTForActionGeneration layout (served by the released code)."""
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument("source", help="xr0 export directory, or a Lightning checkpoint started from an import")
+        p.add_argument("out_dir")
+        p.add_argument("--template", default=None,
+                       help="release directory to copy remote code, tokenizer and processor files from "
+                            "(default: SOURCE/release_files when SOURCE is an import)")
+        p.add_argument("--max-shard-gb", type=float, default=5.0)
+        p.add_argument("--allow-state-norm", action="store_true",
+                       help="export even though the model expects normalised states (the release feeds raw state)")
+
+    @staticmethod
+    def run(args):
+        from xr0.release.exporter import export_release
+        from xr0.release.keymap import KeyMapError
+        from xr0.release.layout import ReleaseError
+
+        try:
+            out = export_release(args.source, args.out_dir, args.template, args.max_shard_gb, args.allow_state_norm)
+        except (KeyMapError, ReleaseError, ValueError) as exc:
+            return _fail(exc)
+        print(f"exported {args.source} -> {out} (release layout)")
+        if not (out / "modeling_mibot.py").is_file():
+            print("note: no remote code copied; add modeling_mibot.py, configuration_mibot.py, processing_mibot.py "
+                  "and the tokenizer files from the release (--template RELEASE_DIR) before serving")
+        return 0
