@@ -101,7 +101,12 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> L
     stage_tree = dict(recipe["stage"])
     stage_tree["init_from"] = None  # the weights come from this checkpoint, not from the earlier stage
     module = config.build(stage_tree, "stage")
-    missing, unexpected = module.load_state_dict(weights, strict=False)
+    # checkpoints name parts `policy.backbone.*` (stages 2/3) or `backbone.*` (stage 1, release imports)
+    by_canonical = {_canonical(k): v for k, v in weights.items()}
+    own = {_canonical(k): k for k in module.state_dict()}
+    mapped = {own[k]: v for k, v in by_canonical.items() if k in own}
+    missing, unexpected = module.load_state_dict(mapped, strict=False)
+    unexpected = list(unexpected) + [k for k in by_canonical if k not in own]
     if missing or unexpected:
         raise CheckpointMismatch(
             f"{path}: weights do not match the rebuilt {stage_tree.get('name')} stage; first missing: "
