@@ -176,6 +176,22 @@ def test_export_refuses_tensors_the_release_cannot_hold(release, tmp_path):
         export_release(tmp_path / "imp", tmp_path / "rel")
 
 
+def test_export_reads_a_post_train_checkpoint(release, tmp_path):
+    """Stages 2/3 keep the model under `policy.`; a Lightning checkpoint exports like an export directory."""
+    import_release(release, tmp_path / "imp", robot_type="libero_all")
+    tensors, meta = read_export(tmp_path / "imp")
+    ckpt = {"state_dict": {"policy." + k: v for k, v in tensors.items()}, **meta}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    export_release(tmp_path / "last.ckpt", tmp_path / "rel", template=release)
+    src, back = _release_tensors(release), _release_tensors(tmp_path / "rel")
+    assert set(back) == set(src) and all(torch.equal(back[k], src[k]) for k in src)
+    ckpt["state_dict"]["policy.backbone.model.model.language_model.layers.0.mlp.up_proj.lora_A.default.weight"] = \
+        torch.zeros(2, 2)
+    torch.save(ckpt, tmp_path / "lora.ckpt")
+    with pytest.raises(ReleaseError, match="LoRA adapter weights.*merge"):
+        export_release(tmp_path / "lora.ckpt", tmp_path / "rel2", template=release)
+
+
 def test_cli(release, tmp_path, capsys):
     assert main(["import-release", str(release), str(tmp_path / "imp"), "--robot-type", "libero_all"]) == 0
     out = capsys.readouterr().out

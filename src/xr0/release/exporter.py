@@ -89,10 +89,16 @@ def export_release(src: str | Path, out: str | Path, template: str | Path | None
     info = _release_info(meta, template, src)
     config = info["config"]
 
+    from xr0.checkpoint import _canonical  # the stage-independent key form init_from uses
+
+    lora = sorted(k for k in tensors if ".lora_" in k)
+    if lora:
+        raise layout.ReleaseError(f"{src}: holds LoRA adapter weights ({lora[0]}, ...); the release layout has no "
+                                  f"place for them: merge the adapters into the VLM weights before export-release")
     released: dict[str, torch.Tensor] = {}
     unmapped = []
     for name, t in tensors.items():
-        hit = K.to_release(name)
+        hit = K.to_release(_canonical(name))  # stages 2/3 store `policy.backbone.*` / `policy.head.*`
         if hit is None:
             unmapped.append(name)
         else:
