@@ -74,6 +74,8 @@ def test_embodiments_and_statistics_come_from_the_processor(release, tmp_path):
     assert parity["async_prefix"] is False
     head = meta["xr0_recipe"]["head"]
     assert (head["width"], head["depth"], head["head_dim"]) == (conftest.D, conftest.L, conftest.HD)
+    vlm = json.loads((tmp_path / "imp" / "vlm_config.json").read_text())
+    assert vlm["text_config"] == conftest.VLM_CONFIG["text_config"] and vlm["model_type"] == "qwen3_vl"
 
 
 def test_robot_type_choice(tmp_path):

@@ -21,6 +21,7 @@ from xr0.release import keymap as K
 from xr0.release import layout
 
 RELEASE_FILES = "release_files"
+VLM_CONFIG = "vlm_config.json"  # the release's Qwen3-VL config alone, for building the backbone at its sizes
 
 # The released inference path (modeling_mibot.py, MiBoTForActionGeneration.forward): lower-triangular mask
 # over [SINK, state, actions], no committed-action prefix, positions continue at max VLM position + 1 with no
@@ -157,6 +158,7 @@ def import_release(src: str | Path, out: str | Path, robot_type: str | None = No
     save_file({k: v.contiguous() for k, v in mapped.items()}, str(tmp), metadata={"format": "pt"})
     tmp.replace(out / WEIGHTS)
     (out / METADATA).write_text(json.dumps(meta, indent=2))
+    (out / VLM_CONFIG).write_text(json.dumps({"model_type": "qwen3_vl", **config["vlm_config"]}, indent=2))
     if copy_files:
         dest = out / RELEASE_FILES
         dest.mkdir(exist_ok=True)
