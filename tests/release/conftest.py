@@ -57,7 +57,9 @@ def released_dit_shapes() -> dict[str, tuple[int, ...]]:
 def released_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    cfg = Qwen3VLConfig(**{k: v for k, v in VLM_CONFIG.items() if k != "model_type"})
+    import copy
+
+    cfg = Qwen3VLConfig(**{k: copy.deepcopy(v) for k, v in VLM_CONFIG.items() if k != "model_type"})
     with torch.device("meta"):
         vlm = Qwen3VLForConditionalGeneration(cfg)
     shapes = {"vlm." + k: tuple(v.shape) for k, v in vlm.state_dict().items() if k != "lm_head.weight"}  # tied

@@ -137,7 +137,12 @@ def vlm_shapes(vlm_config: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], 
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    cfg_dict = {k: v for k, v in vlm_config.items() if k not in ("architectures", "model_type", "transformers_version")}
+    import copy
+
+    # deep copy: transformers rewrites nested dicts in place (rope_scaling gains rope_theta), which would
+    # leak into the config.json an export writes back
+    cfg_dict = {k: copy.deepcopy(v) for k, v in vlm_config.items()
+                if k not in ("architectures", "model_type", "transformers_version")}
     try:
         cfg = Qwen3VLConfig(**cfg_dict)
     except Exception as exc:
