@@ -1,0 +1,245 @@
+"""The chunk executor (SPEC §3): pure and clock-driven, one call per control tick, no threads inside.
+
+A driver (the simulator, the real-time runner) owns time and inference. Each tick it hands over the
+chunks that finished (`deliver` / `fail`), calls `tick(k)`, starts the inference the returned `Step`
+asks for (if any) on the observation of tick k, and sends the returned action — or holds when it is None.
+
+Timeline, with T the chunk length, T_e `exec_steps`, Δt_c `prefix_steps`, d the latency in ticks:
+- sync:  execute T_e actions, request on the latest observation, idle d ticks, execute the new chunk
+         from index 0.
+- async: at step T_e of the current chunk (tick k) request with prefix = its actions T_e … T_e+Δt_c−1
+         and keep executing it; the new chunk's index 0 is aligned to tick k, so when it arrives at k+d
+         it is executed from index d. Needs Δt_c ≥ d, measured and warned about (or adapted).
+- rtc:   the async timeline for policies trained without a prefix: the request carries the rest of the
+         current chunk as a soft guidance target (inference-time RTC, see rtc.py).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xr0_deploy.latency import LatencyEstimator
+from xr0_deploy.protocol import EventLog, RTCSpec
+from xr0_deploy.safety import Safety
+
+MODES = ("sync", "async", "rtc")
+
+
+class LatencyWarning(UserWarning):
+    """Inference latency outgrew the committed prefix (or the chunk): transitions will not be seamless."""
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How chunks are stitched: mode, T_e, Δt_c, the Δt_inf estimator and RTC's max guidance weight."""
+
+    mode: str = "async"
+    exec_steps: int = 4  # T_e: actions of a chunk executed before the next inference starts
+    prefix_steps: int = 4  # Δt_c: committed actions sent as the async prefix
+    estimator: str = "max"  # Δt_inf estimate: rolling "max" or "quantile"
+    window: int = 20
+    quantile: float = 0.9
+    adapt_prefix: bool = False  # grow Δt_c to the measured Δt_inf (bounded by T − T_e) instead of only warning
+    max_guidance: float = 5.0  # rtc: β, the cap on the guidance weight
+    record_trace: bool = True
+    keep_chunks: bool = False  # keep every adopted chunk and sent request (simulation and tests)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"executor mode must be one of {MODES}, got {self.mode!r}")
+        if self.exec_steps < 1:
+            raise ValueError(f"exec_steps (T_e) must be >= 1, got {self.exec_steps}")
+        if self.prefix_steps < 0:
+            raise ValueError(f"prefix_steps (Δt_c) must be >= 0, got {self.prefix_steps}")
+        if self.max_guidance < 0:
+            raise ValueError(f"max_guidance must be >= 0, got {self.max_guidance}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """An inference the driver must start on this tick's observation."""
+
+    id: int
+    tick: int
+    prefix: np.ndarray | None  # (P, A) committed actions (async) or guidance target (rtc), robot units
+    rtc: RTCSpec | None
+    origin: int | None  # tick the new chunk's index 0 is aligned to; None = the arm waits, start at index 0
+
+
+@dataclass(frozen=True)
+class Step:
+    action: np.ndarray | None  # None: hold the last target
+    request: Request | None
+    record: dict[str, Any]
+
+
+class Executor:
+    """Turns chunks into one action per tick (see the module docstring for the three timelines)."""
+
+    def __init__(self, config: ExecutorConfig = ExecutorConfig(), safety: Safety | None = None,
+                 events: EventLog | None = None):
+        self.cfg = config
+        self.safety = safety or Safety()
+        self.events = events or EventLog()
+        self.latency = LatencyEstimator(config.estimator, config.window, config.quantile)
+        self.prefix_steps = config.prefix_steps  # may grow when adapt_prefix is on
+        self.trace: list[dict[str, Any]] = []
+        self.chunks: dict[int, np.ndarray] = {}  # adopted chunks by id (keep_chunks)
+        self.requests: dict[int, Request] = {}  # sent requests by id (keep_chunks)
+        self.chunk: np.ndarray | None = None
+        self.chunk_id: int | None = None
+        self.origin = 0
+        self.chunk_len: int | None = None
+        self.inflight: Request | None = None
+        self.last_target: np.ndarray | None = None
+        self._arrived: list[tuple[int, np.ndarray | None, str]] = []
+        self._next_id = 0
+        self._warned: set[tuple[str, int]] = set()
+
+    # ---- driver interface -------------------------------------------------------------------------
+    def deliver(self, request_id: int, chunk: np.ndarray) -> None:
+        """A chunk finished; it is taken into account at the next `tick`."""
+        self._arrived.append((request_id, chunk, ""))
+
+    def fail(self, request_id: int, reason: str) -> None:
+        """An inference failed (server down, error reply); the arm keeps going / holds and we retry."""
+        self._arrived.append((request_id, None, reason or "inference failed"))
+
+    def tick(self, k: int) -> Step:
+        """Advance to control tick k (ticks may jump when the driver missed some)."""
+        n_events = len(self.events.events)
+        finished = self._absorb(k)
+        request = self._maybe_request(k) if self.inflight is None else None
+        action, idx = self._action(k)
+        record = {
+            "tick": k,
+            "chunk_id": self.chunk_id if action is not None else None,
+            "index_in_chunk": idx,
+            "action": None if action is None else [float(x) for x in action],
+            "inference_started": request.id if request else None,
+            "inference_finished": finished,
+            "held": action is None,
+        }
+        kinds = [e["kind"] for e in self.events.events[n_events:]]
+        if kinds:
+            record["events"] = kinds
+        if self.cfg.record_trace:
+            self.trace.append(record)
+        return Step(action, request, record)
+
+    # ---- internals --------------------------------------------------------------------------------
+    def _absorb(self, k: int) -> int | None:
+        finished = None
+        for rid, chunk, reason in self._arrived:
+            req = self.inflight
+            if req is None or req.id != rid:
+                self.events.add(k, "unexpected_chunk", f"request {rid} is not the one in flight; dropped")
+                continue
+            self.inflight, finished = None, rid
+            self.latency.add(k - req.tick)
+            if chunk is None:
+                self.events.add(k, "inference_failed", reason)
+            else:
+                self._adopt(k, req, chunk)
+            self._check_latency(k)
+        self._arrived.clear()
+        return finished
+
+    def _adopt(self, k: int, req: Request, chunk: np.ndarray) -> None:
+        chunk = np.array(chunk, dtype=np.float64, copy=True)
+        committed = req.prefix
+        if req.rtc is not None and committed is not None:
+            committed = committed[: req.rtc.frozen_steps]  # RTC freezes only what runs before arrival
+        if (committed is not None and chunk.ndim == 2 and chunk.shape[1:] == committed.shape[1:]
+                and len(chunk) >= len(committed)):
+            # committed actions are a promise: whatever the model returned there, they are what ran / runs
+            chunk[: len(committed)] = committed
+        safe, reason, n_clipped = self.safety.check_chunk(chunk)
+        if safe is None:
+            self.events.add(k, "chunk_rejected", f"request {req.id}: {reason}; holding the last safe target")
+            return
+        if n_clipped:
+            self.events.add(k, "clipped", f"request {req.id}: {n_clipped} values clipped to the limits")
+        if self.chunk_len is None:
+            self.chunk_len = len(safe)
+            if self.cfg.exec_steps > self.chunk_len:
+                raise ValueError(f"exec_steps (T_e={self.cfg.exec_steps}) exceeds the policy's chunk length "
+                                 f"T={self.chunk_len}; use --exec-steps <= {self.chunk_len}")
+        origin = k if req.origin is None else req.origin
+        if k - origin >= len(safe):
+            self.events.add(k, "stale_chunk", f"request {req.id} arrived {k - req.tick} ticks late, past its "
+                                              f"{len(safe)} actions; dropped")
+            return
+        self.chunk, self.chunk_id, self.origin = safe, req.id, origin
+        if self.cfg.keep_chunks:
+            self.chunks[req.id] = safe
+
+    def _check_latency(self, k: int) -> None:
+        est, T = self.latency.estimate(), self.chunk_len
+        if est is None or self.cfg.mode == "sync":
+            return
+        if self.cfg.mode == "async" and est > self.prefix_steps:
+            if self.cfg.adapt_prefix and T is not None:
+                grown = min(est, T - self.cfg.exec_steps)
+                if grown > self.prefix_steps:
+                    self.events.add(k, "prefix_adapted", f"Δt_c {self.prefix_steps} -> {grown} (Δt_inf={est})")
+                    self.prefix_steps = grown
+            if est > self.prefix_steps:
+                self._warn(k, "latency_exceeds_prefix", est,
+                           f"inference latency Δt_inf={est} ticks exceeds the prefix Δt_c={self.prefix_steps}: "
+                           f"the arm runs uncommitted actions and chunk transitions can jerk. Raise prefix_steps "
+                           f"to >= {est}, enable adapt_prefix, or make inference faster")
+        if T is not None and self.cfg.exec_steps + est > T:
+            self._warn(k, "latency_exceeds_chunk", est,
+                       f"T_e={self.cfg.exec_steps} + Δt_inf={est} > chunk length T={T}: the current chunk runs "
+                       f"out before the next one arrives and the arm holds. Lower exec_steps to <= {T - est}")
+
+    def _warn(self, k: int, kind: str, est: int, message: str) -> None:
+        self.events.add(k, kind, message)
+        if (kind, est) not in self._warned:  # once per latency value, not every chunk
+            self._warned.add((kind, est))
+            warnings.warn(message, LatencyWarning, stacklevel=3)
+
+    def _new_request(self, k: int, prefix: np.ndarray | None, rtc: RTCSpec | None, origin: int | None) -> Request:
+        req = Request(self._next_id, k, prefix, rtc, origin)
+        self._next_id += 1
+        self.inflight = req
+        if self.cfg.keep_chunks:
+            self.requests[req.id] = req
+        return req
+
+    def _maybe_request(self, k: int) -> Request | None:
+        chunk = self.chunk
+        if chunk is None or k - self.origin >= len(chunk):
+            self.chunk = None  # nothing left to run: the arm waits for a fresh chunk from index 0
+            return self._new_request(k, None, None, None)
+        j = k - self.origin
+        if j < self.cfg.exec_steps:
+            return None
+        if self.cfg.mode == "sync":
+            self.chunk = None  # sync drops the rest and idles until the new chunk is in
+            return self._new_request(k, None, None, None)
+        if self.cfg.mode == "async":
+            p = min(self.prefix_steps, len(chunk) - j)
+            return self._new_request(k, chunk[j:j + p].copy() if p > 0 else None, None, k)
+        rest = chunk[j:].copy()
+        frozen = min(max(self.latency.estimate() or 1, 1), len(rest))
+        return self._new_request(k, rest, RTCSpec(frozen, self.cfg.max_guidance), k)
+
+    def _action(self, k: int) -> tuple[np.ndarray | None, int | None]:
+        if self.chunk is not None and 0 <= k - self.origin < len(self.chunk):
+            idx = k - self.origin
+            action, limited = self.safety.bound_step(self.last_target, self.chunk[idx])
+            if limited:
+                self.events.add(k, "rate_limited", f"chunk {self.chunk_id} index {idx}: change bounded by max_delta")
+            self.last_target = action
+            return action, idx
+        expected = self.inflight is not None and self.inflight.origin is None
+        if expected and (self.cfg.mode == "sync" or self.chunk_len is None):
+            self.events.add(k, "wait_inference", "arm idle until the chunk arrives")
+        else:
+            self.events.add(k, "watchdog_hold", "no action available; holding the last safe target")
+        return None, None

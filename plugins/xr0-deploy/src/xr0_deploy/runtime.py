@@ -1,0 +1,182 @@
+"""The real-time runner: a fixed-rate control loop on a monotonic clock, inference on its own thread.
+
+Each tick: take new sensor readings, resample every sensor onto the tick's time (nearest timestamp),
+hand finished chunks to the executor, start the inference it asks for, send its action or hold.
+Tick lateness (actual start − scheduled start) is recorded; p50/p99 are reported at the end.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from xr0_deploy.executor import Executor, Request
+from xr0_deploy.protocol import ChunkPolicy, PolicyError, PolicyUnavailable, Reading, Robot
+
+
+def nearest_index(timestamps: np.ndarray, t: float) -> int:
+    """Index of the timestamp closest to t (ties → the earlier sample); timestamps sorted ascending."""
+    i = int(np.searchsorted(timestamps, t))
+    if i == 0:
+        return 0
+    if i == len(timestamps):
+        return i - 1
+    return i if timestamps[i] - t < t - timestamps[i - 1] else i - 1
+
+
+class Resampler:
+    """Per-sensor buffers of timestamped readings; `at(t)` aligns every sensor to one control time."""
+
+    def __init__(self, keep: int = 64):
+        self._buf: dict[str, deque[Reading]] = {}
+        self._keep = keep
+        # local until xr0.data.resample (nearest-timestamp alignment, data issue) lands; same semantics
+        self._nearest = nearest_index
+
+    def add(self, reading: Reading) -> None:
+        self._buf.setdefault(reading.name, deque(maxlen=self._keep)).append(reading)
+
+    def at(self, t: float) -> dict[str, Reading]:
+        out = {}
+        for name, buf in self._buf.items():
+            ts = np.fromiter((r.t for r in buf), dtype=np.float64, count=len(buf))
+            out[name] = buf[self._nearest(ts, t)]
+        return out
+
+    def observation(self, t: float, prompt: str = "") -> dict[str, Any]:
+        obs: dict[str, Any] = {"prompt": prompt}
+        for name, r in self.at(t).items():
+            if name.startswith("images/"):
+                obs.setdefault("images", {})[name.split("/", 1)[1]] = r.value
+            else:
+                obs[name] = r.value
+        return obs
+
+
+@dataclass
+class RunReport:
+    """What a real-time run measured."""
+
+    ticks: int
+    hz: float
+    lateness_ms: list[float] = field(repr=False, default_factory=list)
+    missed_ticks: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    chunks: int = 0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.lateness_ms, q)) if self.lateness_ms else float("nan")
+
+    def summary(self) -> str:
+        ev = ", ".join(f"{k}={v}" for k, v in sorted(self.events.items())) or "none"
+        return (f"{self.ticks} ticks at {self.hz:g} Hz, {self.chunks} chunks; tick lateness p50 "
+                f"{self.percentile(50):.2f} ms, p99 {self.percentile(99):.2f} ms, max "
+                f"{max(self.lateness_ms, default=float('nan')):.2f} ms; missed ticks {self.missed_ticks}; events: {ev}")
+
+
+class _InferenceThread:
+    """One request at a time (the executor never has two in flight); results come back on a queue."""
+
+    def __init__(self, policy: ChunkPolicy):
+        self.policy = policy
+        self.inbox: queue.Queue = queue.Queue(maxsize=1)
+        self.outbox: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="xr0-inference", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                return
+            req, obs = item
+            try:
+                self.outbox.put((req.id, self.policy.infer(obs, req.prefix, req.rtc), ""))
+            except (PolicyUnavailable, PolicyError, ValueError) as exc:
+                self.outbox.put((req.id, None, f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - a crashing policy must not kill the control loop
+                self.outbox.put((req.id, None, f"policy crashed: {type(exc).__name__}: {exc}"))
+
+    def submit(self, req: Request, obs: dict[str, Any]) -> None:
+        self.inbox.put((req, obs))
+
+    def stop(self, timeout: float) -> None:
+        try:
+            self.inbox.put_nowait(None)
+        except queue.Full:
+            pass  # still busy; it is a daemon thread and dies with the process
+        self.thread.join(timeout)
+
+
+class RealTimeRunner:
+    """Drives an Executor against a Robot at `hz` on a monotonic clock (clock and sleep injectable)."""
+
+    def __init__(self, executor: Executor, robot: Robot, policy: ChunkPolicy, hz: float = 30.0, prompt: str = "",
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 on_tick: Callable[[int, float], None] | None = None):
+        if hz <= 0:
+            raise ValueError(f"control rate must be > 0 Hz, got {hz}")
+        self.ex, self.robot, self.policy = executor, robot, policy
+        self.hz, self.period, self.prompt = hz, 1.0 / hz, prompt
+        self.clock, self.sleep, self.on_tick = clock, sleep, on_tick
+        self.resampler = Resampler()
+
+    def run(self, max_ticks: int) -> RunReport:
+        """Run `max_ticks` control periods (late ticks are skipped and counted, never bunched up)."""
+        report = RunReport(0, self.hz)
+        worker = _InferenceThread(self.policy)
+        t0, k = self.clock(), 0
+        try:
+            while k < max_ticks:
+                scheduled = t0 + k * self.period
+                now = self.clock()
+                if now < scheduled:
+                    self.sleep(scheduled - now)
+                    now = self.clock()
+                late = now - scheduled
+                if late >= self.period:  # a whole period lost: skip to the current tick, the executor re-aligns
+                    skip = int(late // self.period)
+                    report.missed_ticks += skip
+                    self.ex.events.add(k, "missed_ticks", f"{skip} ticks skipped ({late * 1000:.1f} ms late)")
+                    k += skip
+                    scheduled = t0 + k * self.period
+                    late = now - scheduled
+                    if k >= max_ticks:
+                        break
+                report.lateness_ms.append(late * 1000)
+                self._tick(k, scheduled, worker, report)
+                if self.on_tick:
+                    self.on_tick(k, now)
+                k += 1
+                report.ticks += 1
+        finally:
+            worker.stop(timeout=2 * self.period + 1.0)
+        report.events = dict(self.ex.events.counts)
+        return report
+
+    def _tick(self, k: int, t: float, worker: _InferenceThread, report: RunReport) -> None:
+        for r in self.robot.observe():
+            self.resampler.add(r)
+        while True:
+            try:
+                rid, chunk, err = worker.outbox.get_nowait()
+            except queue.Empty:
+                break
+            if chunk is None:
+                self.ex.fail(rid, err)
+            else:
+                self.ex.deliver(rid, chunk)
+                report.chunks += 1
+        step = self.ex.tick(k)
+        if step.request is not None:
+            worker.submit(step.request, self.resampler.observation(t, self.prompt))
+        if step.action is not None:
+            self.robot.act(step.action)
+        else:
+            self.robot.hold()

@@ -1,0 +1,175 @@
+"""`xr0 serve`: a policy over websocket + msgpack-numpy, wire-compatible with openpi's policy server.
+
+Protocol (openpi): on connect the server sends one binary metadata message; then each binary request is
+an observation dict and each reply a dict with `actions` (T, A) and `server_timing` {infer_ms,
+prev_total_ms}. A text frame is an error reply (openpi's client raises it). xr0 additions in the request:
+`prefix_actions` (P, A) committed actions, and `rtc` {frozen_steps, max_guidance} to guide instead.
+Unlike openpi, a bad request gets an error reply and the connection stays open.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import logging
+import threading
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from xr0_deploy import wire
+from xr0_deploy.local import RequestError
+from xr0_deploy.protocol import RTCSpec
+
+log = logging.getLogger("xr0.deploy.server")
+MESSAGE_TOO_BIG = 1009  # websocket close code when a frame exceeds max_size
+
+
+def parse_request(message: Any) -> tuple[dict[str, Any], np.ndarray | None, RTCSpec | None]:
+    """Observation, prefix and RTC settings from one frame; RequestError says what is wrong."""
+    if isinstance(message, str):
+        raise RequestError("expected a binary msgpack frame, got text")
+    try:
+        obs = wire.unpackb(message)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a malformed request
+        raise RequestError(f"not a valid msgpack-numpy message ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obs, dict):
+        raise RequestError(f"the request must be a mapping (the observation), got {type(obs).__name__}")
+    obs = dict(obs)
+    prefix = obs.pop("prefix_actions", None)
+    rtc_node = obs.pop("rtc", None)
+    rtc = None
+    if rtc_node is not None:
+        if not isinstance(rtc_node, dict) or "frozen_steps" not in rtc_node:
+            raise RequestError("rtc: expected {frozen_steps: int, max_guidance: float}")
+        try:
+            rtc = RTCSpec(int(rtc_node["frozen_steps"]), float(rtc_node.get("max_guidance", 5.0)))
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"rtc: {exc}") from exc
+        if prefix is None:
+            raise RequestError("rtc needs prefix_actions (the rest of the executing chunk)")
+    if prefix is not None and not isinstance(prefix, np.ndarray):
+        prefix = np.asarray(prefix, dtype=np.float64)
+    return obs, prefix, rtc
+
+
+class PolicyServer:
+    """Serves one ChunkPolicy; `start()` runs it on a background thread (tests, embedding), `serve_forever()`
+    in the foreground (CLI). Model calls are serialised: one GPU, one inference at a time."""
+
+    def __init__(self, policy: Any, metadata: dict[str, Any] | None = None, host: str = "127.0.0.1", port: int = 0,
+                 api_key: str | None = None, max_message_bytes: int = 16 * 2**20):
+        self.policy, self.host, self.port = policy, host, port
+        self.metadata = dict(metadata or {})
+        self.metadata.setdefault("max_message_bytes", max_message_bytes)
+        self.api_key, self.max_message_bytes = api_key, max_message_bytes
+        self.counts = {"connections": 0, "requests": 0, "errors": 0, "oversized": 0, "unauthorized": 0}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> int:
+        """Serve on a daemon thread; returns the bound port (useful with port=0)."""
+        self._ready.clear()
+        self._thread = threading.Thread(target=self.serve_forever, name="xr0-policy-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"policy server did not start within {timeout}s")
+        if self._failure:
+            raise RuntimeError(f"policy server failed to start: {self._failure}") from self._failure
+        return self.port
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def serve_forever(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # start() reports it instead of hanging
+            self._failure = exc
+            self._ready.set()
+            if threading.current_thread() is threading.main_thread():
+                raise
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with serve(self._handle, self.host, self.port, compression=None, max_size=self.max_message_bytes,
+                         process_request=self._check_request) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            log.info("xr0 policy server on ws://%s:%d", self.host, self.port)
+            self._ready.set()
+            await self._stop.wait()
+
+    # ---- protocol ---------------------------------------------------------------------------------
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self.api_key is None:
+            return None
+        given = request.headers.get("Api-Key")
+        auth = request.headers.get("Authorization", "")
+        if given is None and auth.startswith("Api-Key "):
+            given = auth[len("Api-Key "):]  # openpi's client sends `Authorization: Api-Key <key>`
+        if given is None or not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            self.counts["unauthorized"] += 1
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong Api-Key header\n")
+        return None
+
+    def _infer(self, obs: dict[str, Any], prefix: np.ndarray | None, rtc: RTCSpec | None) -> np.ndarray:
+        with self._lock:
+            return self.policy.infer(obs, prefix, rtc)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.counts["connections"] += 1
+        await ws.send(wire.packb(self.metadata))
+        prev_total_ms: float | None = None
+        while True:
+            try:
+                message = await ws.recv()
+            except ConnectionClosed as exc:
+                codes = {getattr(exc.sent, "code", None), getattr(exc.rcvd, "code", None)}
+                if MESSAGE_TOO_BIG in codes:
+                    self.counts["oversized"] += 1
+                    log.warning("closed %s: message larger than %d bytes", ws.remote_address, self.max_message_bytes)
+                return
+            start = time.perf_counter()
+            try:
+                obs, prefix, rtc = parse_request(message)
+                actions = await asyncio.to_thread(self._infer, obs, prefix, rtc)
+                infer_ms = (time.perf_counter() - start) * 1000
+                reply: dict[str, Any] = {"actions": np.asarray(actions, dtype=np.float32),
+                                         "server_timing": {"infer_ms": infer_ms}}
+                if prev_total_ms is not None:
+                    reply["server_timing"]["prev_total_ms"] = prev_total_ms
+                await ws.send(wire.packb(reply))
+                self.counts["requests"] += 1
+            except ConnectionClosed:
+                return
+            except RequestError as exc:
+                self.counts["errors"] += 1
+                await self._error(ws, f"bad request: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the server outlives any single failed inference
+                self.counts["errors"] += 1
+                log.error("inference failed:\n%s", traceback.format_exc())
+                await self._error(ws, f"inference failed: {type(exc).__name__}: {exc}")
+            prev_total_ms = (time.perf_counter() - start) * 1000
+
+    @staticmethod
+    async def _error(ws: ServerConnection, text: str) -> None:
+        try:
+            await ws.send(f"xr0 policy server: {text}")  # a text frame is an error in openpi's protocol
+        except ConnectionClosed:
+            pass
