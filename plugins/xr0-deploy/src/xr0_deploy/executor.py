@@ -192,10 +192,12 @@ class Executor:
                            f"inference latency Δt_inf={est} ticks exceeds the prefix Δt_c={self.prefix_steps}: "
                            f"the arm runs uncommitted actions and chunk transitions can jerk. Raise prefix_steps "
                            f"to >= {est}, enable adapt_prefix, or make inference faster")
-        if T is not None and self.cfg.exec_steps + est > T:
+        # one inference in flight: the next starts at index max(T_e, Δt_inf) and lands Δt_inf later
+        if T is not None and max(self.cfg.exec_steps, est) + est > T:
             self._warn(k, "latency_exceeds_chunk", est,
-                       f"T_e={self.cfg.exec_steps} + Δt_inf={est} > chunk length T={T}: the current chunk runs "
-                       f"out before the next one arrives and the arm holds. Lower exec_steps to <= {T - est}")
+                       f"max(T_e={self.cfg.exec_steps}, Δt_inf={est}) + Δt_inf > chunk length T={T}: the current "
+                       f"chunk runs out before the next one arrives and the arm holds. Lower exec_steps, use a "
+                       f"longer chunk, or make inference faster (needs Δt_inf <= {T // 2})")
 
     def _warn(self, k: int, kind: str, est: int, message: str) -> None:
         self.events.add(k, kind, message)
