@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from xr0_deploy.executor import Executor, ExecutorConfig, LatencyWarning
 from xr0_deploy.local import sim_policy
 from xr0_deploy.protocol import Limits, PolicyUnavailable
@@ -55,12 +54,12 @@ def test_nan_chunk_is_rejected_and_the_arm_holds_its_last_safe_target():
 
 
 def test_slightly_out_of_limit_actions_are_clipped_far_ones_reject_the_chunk():
-    push = lambda c: np.where(np.arange(7) == 0, 1.05, c)  # noqa: E731 - within the 10 % margin
-    far = lambda c: np.where(np.arange(7) == 1, 3.0, c)  # noqa: E731 - beyond it
-    ex, trace, arm = run(Faulty({1: push, 3: far}))
+    push = lambda c: np.where(np.arange(7) == 0, 1.05, c)
+    far = lambda c: np.where(np.arange(7) == 1, 3.0, c)
+    ex, _, arm = run(Faulty({1: push, 3: far}))
     assert ex.events.counts["clipped"] == 1
     assert ex.events.counts["chunk_rejected"] == 1
-    assert "out_of_range" in [e["detail"] for e in ex.events.events if e["kind"] == "chunk_rejected"][0]
+    assert "out_of_range" in next(e["detail"] for e in ex.events.events if e["kind"] == "chunk_rejected")
     sent = np.stack(arm.sent)
     assert sent.max() <= 1.0 and sent.min() >= -1.0
     assert np.isclose(ex.chunks[1][:, 0], 1.0).sum() >= 6  # clipped to the limit (prefix rows excepted)
@@ -98,7 +97,7 @@ def test_lost_server_holds_the_arm_and_retries():
 
 
 def test_max_delta_bounds_each_step():
-    ex, trace, arm = run(sim_policy(chunk_len=10), max_delta=0.02)
+    ex, _, arm = run(sim_policy(chunk_len=10), max_delta=0.02)
     steps = np.abs(np.diff(np.stack(arm.sent), axis=0))
     assert steps.max() <= 0.02 + 1e-12
     assert ex.events.counts["rate_limited"] >= 1

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from xr0_deploy.client import RemotePolicy
 from xr0_deploy.executor import Executor, ExecutorConfig
 from xr0_deploy.local import sim_policy
@@ -107,6 +106,6 @@ def test_executor_through_the_xr0_client_holds_while_the_server_is_down():
 
 def test_cli_deploy_run_reports_jitter():
     res = subprocess.run([sys.executable, "-m", "xr0.cli", "deploy", "run", "--hz", "100", "--ticks", "30"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     assert "tick lateness p50" in res.stdout and "p99" in res.stdout

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
-
 from xr0_deploy import wire
 from xr0_deploy.client import RemotePolicy
 from xr0_deploy.local import sim_policy

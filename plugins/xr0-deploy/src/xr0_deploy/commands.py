@@ -53,14 +53,13 @@ def open_policy(args):
     return load_local(args.policy, steps=args.steps, chunk_len=args.chunk_len, seed=args.seed)
 
 
-def _executor(args):
-    from xr0_deploy.executor import Executor, ExecutorConfig
-    from xr0_deploy.safety import Safety
+def _executor_config(args):
+    """ExecutorConfig from the shared executor flags."""
+    from xr0_deploy.executor import ExecutorConfig
 
-    cfg = ExecutorConfig(mode=args.mode, exec_steps=args.exec_steps, prefix_steps=args.prefix,
+    return ExecutorConfig(mode=args.mode, exec_steps=args.exec_steps, prefix_steps=args.prefix,
                          estimator=args.estimator, window=args.window, quantile=args.quantile,
                          adapt_prefix=args.adapt_prefix, max_guidance=args.max_guidance)
-    return cfg
 
 
 @COMMANDS.register("deploy")
@@ -91,7 +90,7 @@ class Deploy:
         from xr0_deploy.executor import Executor, LatencyWarning
         from xr0_deploy.safety import Safety
 
-        cfg = _executor(args)
+        cfg = _executor_config(args)
         policy = open_policy(args)
         if args.deploy_command == "simulate":
             from xr0_deploy.sim import SimArm, simulate, write_trace
@@ -100,7 +99,8 @@ class Deploy:
             ex = Executor(cfg, Safety(arm.limits))
             with warnings.catch_warnings():
                 warnings.simplefilter("always", LatencyWarning)
-                warnings.formatwarning = lambda m, c, *a, **k: f"warning: {m}\n"  # one clean line on stderr
+                # one clean line on stderr per warning (restored when the block ends)
+                warnings.showwarning = lambda m, *a, **k: print(f"warning: {m}", file=sys.stderr)
                 simulate(ex, policy, arm, args.ticks, args.latency_steps, hz=args.hz, prompt=args.prompt)
             path = write_trace(ex.trace, args.trace)
             held = sum(r["held"] for r in ex.trace)

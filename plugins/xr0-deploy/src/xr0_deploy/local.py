@@ -117,7 +117,7 @@ def _as_array(value: Any, field: str) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         try:
             value = np.asarray(value)
-        except Exception as exc:  # noqa: BLE001 - any conversion failure is the client's
+        except Exception as exc:
             raise RequestError(f"{field}: cannot read as an array ({exc})") from exc
     if value.dtype.kind not in "biuf":
         raise RequestError(f"{field}: expected a numeric array, got dtype {value.dtype}")

@@ -67,6 +67,7 @@ class RunReport:
     hz: float
     lateness_ms: list[float] = field(repr=False, default_factory=list)
     missed_ticks: int = 0
+    warmup_ms: float = 0.0
     events: dict[str, int] = field(default_factory=dict)
     chunks: int = 0
 
@@ -75,7 +76,7 @@ class RunReport:
 
     def summary(self) -> str:
         ev = ", ".join(f"{k}={v}" for k, v in sorted(self.events.items())) or "none"
-        return (f"{self.ticks} ticks at {self.hz:g} Hz, {self.chunks} chunks; tick lateness p50 "
+        return (f"warm-up {self.warmup_ms:.0f} ms; {self.ticks} ticks at {self.hz:g} Hz, {self.chunks} chunks; tick lateness p50 "
                 f"{self.percentile(50):.2f} ms, p99 {self.percentile(99):.2f} ms, max "
                 f"{max(self.lateness_ms, default=float('nan')):.2f} ms; missed ticks {self.missed_ticks}; events: {ev}")
 
@@ -127,9 +128,28 @@ class RealTimeRunner:
         self.clock, self.sleep, self.on_tick = clock, sleep, on_tick
         self.resampler = Resampler()
 
-    def run(self, max_ticks: int) -> RunReport:
+    def warmup(self) -> float:
+        """One untimed inference (two in rtc mode) before the clock starts: first calls pay one-off costs
+        (kernel selection, autograd setup: 0.3 s for RTC on the tiny CPU policy) that would read as latency."""
+        from xr0_deploy.protocol import RTCSpec
+
+        t = time.perf_counter()
+        for r in self.robot.observe():
+            self.resampler.add(r)
+        obs = self.resampler.observation(self.clock(), self.prompt)
+        try:
+            chunk = self.policy.infer(obs)
+            if self.ex.cfg.mode == "rtc":
+                self.policy.infer(obs, chunk[len(chunk) // 2:], RTCSpec(1, self.ex.cfg.max_guidance))
+        except (PolicyUnavailable, PolicyError, ValueError) as exc:
+            self.ex.events.add(-1, "warmup_failed", f"{type(exc).__name__}: {exc}")
+        return (time.perf_counter() - t) * 1000
+
+    def run(self, max_ticks: int, warmup: bool = True) -> RunReport:
         """Run `max_ticks` control periods (late ticks are skipped and counted, never bunched up)."""
         report = RunReport(0, self.hz)
+        if warmup:
+            report.warmup_ms = self.warmup()
         worker = _InferenceThread(self.policy)
         t0, k = self.clock(), 0
         try:

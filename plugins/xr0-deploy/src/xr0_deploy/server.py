@@ -36,7 +36,7 @@ def parse_request(message: Any) -> tuple[dict[str, Any], np.ndarray | None, RTCS
         raise RequestError("expected a binary msgpack frame, got text")
     try:
         obs = wire.unpackb(message)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a malformed request
+    except Exception as exc:
         raise RequestError(f"not a valid msgpack-numpy message ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obs, dict):
         raise RequestError(f"the request must be a mapping (the observation), got {type(obs).__name__}")

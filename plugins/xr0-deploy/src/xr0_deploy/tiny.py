@@ -33,7 +33,7 @@ class TinyFlowPolicy(nn.Module):
 
     def velocity(self, ctx: dict[str, Tensor], batch: dict[str, Any], x_tau: Tensor, tau: Tensor,
                  prefix_len: int = 0) -> Tensor:
-        b, t, a = x_tau.shape
+        b, t, _ = x_tau.shape
         prev = torch.cat([x_tau[:, :1], x_tau[:, :-1]], dim=1)  # (B,T,A) the previous token's action
         pos = torch.arange(t, dtype=x_tau.dtype) / max(t - 1, 1) * torch.pi  # (T,)
         pos = torch.stack([pos.sin(), pos.cos()], -1)[None].expand(b, t, 2)  # (B,T,2)
