@@ -103,3 +103,53 @@ def vl_batch(b=2, v=1, hw=8, seed=1):
     g = torch.Generator().manual_seed(seed)
     return {"images": torch.rand(b, v, 3, hw, hw, generator=g), "image_mask": torch.ones(b, v, dtype=torch.bool),
             "prompt": [f"what is {i}?" for i in range(b)], "answer": [f"it is {i}" for i in range(b)]}
+
+
+class FlowHead(nn.Module):
+    """A tiny velocity model on pooled VLM keys (stand-in for the DiT in stage-logic tests)."""
+
+    def __init__(self, kv_dim=16, t=4, width=32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(kv_dim + 32 + 32 + 1, width), nn.SiLU(), nn.Linear(width, 32))
+
+    def forward(self, ctx, state, x, tau):
+        k = ctx.keys[-1].mean(dim=(1, 2)).flatten(1)  # (B, hd)
+        v = ctx.values[-1].mean(dim=(1, 2)).flatten(1)
+        c = torch.cat([k, v], -1)[:, None].expand(-1, x.shape[1], -1)
+        s = state[:, None].expand(-1, x.shape[1], -1)
+        return self.net(torch.cat([c, s, x, tau[..., None]], -1))
+
+
+class FakePolicy(nn.Module):
+    """Implements the Policy contract (context, flow_loss, predict_chunk) simply, for stage-logic tests."""
+
+    def __init__(self, backbone, head, mask, tau_sampler):
+        super().__init__()
+        self.backbone, self.head, self.mask, self.tau_sampler = backbone, head, mask, tau_sampler
+        self.calls = []
+
+    def context(self, batch):
+        inputs = self.backbone.prepare(batch["images"], batch["image_mask"], list(batch["instruction"]))
+        return self.backbone.context(inputs, 1)
+
+    def flow_loss(self, batch, ctx, prefix_len=None, reweight=False, repeat=1):
+        self.calls.append({"prefix_len": prefix_len, "reweight": reweight, "repeat": repeat})
+        a = batch["actions"].repeat(repeat, 1, 1)
+        state = batch["state"].repeat(repeat, 1)
+        ctx_r = type(ctx)(keys=[k.repeat(repeat, 1, 1, 1) for k in ctx.keys],
+                          values=[v.repeat(repeat, 1, 1, 1) for v in ctx.values],
+                          attention_mask=ctx.attention_mask, next_position=ctx.next_position, rope=ctx.rope)
+        tau = torch.rand(a.shape[0], 1).expand(-1, a.shape[1])
+        eps = torch.randn_like(a)
+        x = tau[..., None] * a + (1 - tau[..., None]) * eps
+        v = self.head(ctx_r, state, x, tau)
+        loss = ((v - (a - eps)) ** 2 * batch["action_mask"].repeat(repeat, 1)[:, None]).mean()
+        return {"loss": loss, "flow_mse": loss.detach()}
+
+    def predict_chunk(self, batch, prefix=None, steps=5):
+        ctx = self.context(batch)
+        x = torch.randn_like(batch["actions"])
+        for i in range(steps):
+            tau = torch.full(x.shape[:2], i / steps)
+            x = x + self.head(ctx, batch["state"], x, tau) / steps
+        return x
