@@ -22,7 +22,7 @@ TINY_VLM = "{name: qwen3vl, tiny: {}}"
 
 def fill_blanks(path: Path) -> list[str]:
     """Overrides for `???` values of template recipes."""
-    raw = OmegaConf.load(path)
+    raw = load_recipe(path)  # with its inherit chain
     out = []
     keys = set(raw.keys())  # `in` is False for a ??? value, keys() lists it
     if "data" in keys and OmegaConf.is_missing(raw, "data"):
