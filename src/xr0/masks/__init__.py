@@ -1,1 +1,85 @@
-"""xr0 masks (filled in by its issue)."""
+"""Attention masks over the DiT tokens [SINK, state, a_0 … a_{T-1}] (SPEC §1.3). True = row may attend column.
+
+Every DiT token also sees every valid VLM token; these masks cover only the DiT-to-DiT block.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from xr0.registry import MASKS
+
+NUM_SPECIAL = 2  # SINK and the state token come before the actions
+
+
+def causal_mask(num_actions: int) -> Tensor:
+    """Lower-triangular over [SINK, state, actions] (stage 2 pre-training, training-time RTC)."""
+    n = NUM_SPECIAL + num_actions
+    return torch.ones(n, n, dtype=torch.bool).tril()  # (n, n)
+
+
+def lambda_mask(num_actions: int, window: int = 4) -> Tensor:
+    """Λ shape: SINK sees itself; state sees SINK and itself; action i sees SINK, state and actions i-w…i."""
+    if window < 0:
+        raise ValueError(f"lambda mask window must be >= 0, got {window}")
+    n = NUM_SPECIAL + num_actions
+    idx = torch.arange(num_actions)
+    band = (idx[None, :] <= idx[:, None]) & (idx[None, :] >= idx[:, None] - window)  # (T, T)
+    m = torch.zeros(n, n, dtype=torch.bool)
+    m[:NUM_SPECIAL, :NUM_SPECIAL] = torch.ones(NUM_SPECIAL, NUM_SPECIAL, dtype=torch.bool).tril()
+    m[NUM_SPECIAL:, :NUM_SPECIAL] = True
+    m[NUM_SPECIAL:, NUM_SPECIAL:] = band
+    return m
+
+
+def drop_prefix_columns(mask: Tensor, prefix_len: Tensor, p: float = 0.5, keep_last: int = 2,
+                        generator: torch.Generator | None = None) -> Tensor:
+    """Hide each clean prefix column (except the last `keep_last`) from the noisy rows with probability p.
+
+    mask (n, n), prefix_len (B,) long → (B, n, n). Noisy rows are the action rows at or after the prefix.
+    """
+    b, n = prefix_len.shape[0], mask.shape[0]
+    pos = torch.arange(n, device=prefix_len.device) - NUM_SPECIAL  # action index of each token, <0 for SINK/state
+    plen = prefix_len[:, None]  # (B, 1)
+    droppable = (pos[None, :] >= 0) & (pos[None, :] < plen - keep_last)  # (B, n) prefix columns that may drop
+    drop = droppable & (torch.rand(b, n, device=prefix_len.device, generator=generator) < p)  # (B, n)
+    noisy_row = pos[None, :] >= plen  # (B, n)
+    hide = noisy_row[:, :, None] & drop[:, None, :]  # (B, n_rows, n_cols)
+    return mask.to(prefix_len.device)[None].expand(b, n, n) & ~hide
+
+
+class _DiTMask:
+    def __init__(self, prefix_dropout: float = 0.0, keep_last: int = 2):
+        if not 0.0 <= prefix_dropout <= 1.0:
+            raise ValueError(f"mask.prefix_dropout must be in [0, 1], got {prefix_dropout}")
+        self.prefix_dropout, self.keep_last = prefix_dropout, keep_last
+
+    def base(self, num_actions: int) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, num_actions: int, prefix_len: Tensor | None = None, training: bool = False) -> Tensor:
+        """(n, n) mask, or (B, n, n) when prefix-column dropout applies in training."""
+        m = self.base(num_actions)
+        if training and self.prefix_dropout > 0 and prefix_len is not None:
+            return drop_prefix_columns(m, prefix_len, self.prefix_dropout, self.keep_last)
+        return m
+
+
+@MASKS.register("causal")
+class Causal(_DiTMask):
+    """Causal mask over [SINK, state, actions] (stage 2, training-time RTC)."""
+
+    def base(self, num_actions: int) -> Tensor:
+        return causal_mask(num_actions)
+
+
+@MASKS.register("lambda")
+class Lambda(_DiTMask):
+    """Λ-shape mask: each action sees SINK, state and the last `window` actions (default 4)."""
+
+    def __init__(self, window: int = 4, prefix_dropout: float = 0.0, keep_last: int = 2):
+        super().__init__(prefix_dropout, keep_last)
+        self.window = window
+
+    def base(self, num_actions: int) -> Tensor:
+        return lambda_mask(num_actions, self.window)

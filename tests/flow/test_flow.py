@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from xr0.flow import euler_sample, interpolate, target_velocity, token_tau
+from xr0.registry import SAMPLERS
+
+
+def test_interpolation_endpoints_and_target():
+    a, eps = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    assert torch.allclose(interpolate(a, eps, torch.ones(2)), a)
+    assert torch.allclose(interpolate(a, eps, torch.zeros(2)), eps)
+    tau = torch.rand(2, 5)
+    x = interpolate(a, eps, tau)
+    # moving along the target velocity for the remaining time lands on the data
+    assert torch.allclose(x + (1 - tau)[..., None] * target_velocity(a, eps), a, atol=1e-6)
+
+
+def test_euler_integrates_a_linear_field_exactly():
+    a, eps = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
+    calls = []
+
+    def v(x, tau):
+        calls.append(tau.clone())
+        return target_velocity(a, eps)  # constant field: straight path from eps to a
+
+    out = euler_sample(v, eps, steps=5)
+    assert torch.allclose(out, a, atol=1e-5)
+    assert len(calls) == 5 and torch.allclose(calls[2], torch.full((3, 6), 0.4))
+
+
+def test_euler_on_the_flow_ode_of_a_point_mass():
+    target = torch.randn(1, 4, 2)
+    out = euler_sample(lambda x, tau: (target - x) / (1 - tau[..., None]).clamp_min(1e-6), torch.randn(1, 4, 2), steps=7)
+    assert torch.allclose(out, target, atol=1e-5)
+
+
+def test_prefix_is_returned_unchanged_and_carries_tau_one():
+    b, t = 2, 6
+    prefix = torch.randn(b, t, 3)
+    plen = torch.tensor([3, 0])
+    seen = []
+
+    def v(x, tau):
+        seen.append((x.clone(), tau.clone()))
+        return torch.ones_like(x)
+
+    out = euler_sample(v, torch.zeros(b, t, 3), steps=4, prefix=prefix, prefix_len=plen)
+    assert torch.equal(out[0, :3], prefix[0, :3])
+    assert torch.allclose(out[0, 3:], torch.ones(3, 3)) and torch.allclose(out[1], torch.ones(t, 3))
+    for x, tau in seen:
+        assert torch.equal(x[0, :3], prefix[0, :3]) and (tau[0, :3] == 1).all()
+    shared = token_tau(torch.tensor([0.3, 0.3]), torch.tensor([[True, False], [False, False]]), "shared")
+    assert torch.allclose(shared, torch.full((2, 2), 0.3))
+    with pytest.raises(ValueError, match="prefix_tau"):
+        token_tau(torch.zeros(1), torch.zeros(1, 1, dtype=torch.bool), "half")
+
+
+@pytest.mark.parametrize("name, kwargs, mean", [
+    ("beta", {}, 0.999 * (1 - 1.5 / 2.5)),
+    ("uniform", {}, 0.5),
+    ("logit_normal", {}, 0.5),  # symmetric around 0 → mean 0.5
+])
+def test_tau_samplers_have_the_analytic_mean(name, kwargs, mean):
+    torch.manual_seed(0)
+    tau = SAMPLERS.build(name, **kwargs)(200_000)
+    assert tau.shape == (200_000,) and (tau >= 0).all() and (tau <= 1).all()
+    assert abs(tau.mean().item() - mean) < 3e-3
+
+
+def test_beta_sampler_puts_more_weight_on_noisy_tau():
+    torch.manual_seed(0)
+    tau = SAMPLERS.build("beta")(100_000)
+    assert (tau < 0.5).float().mean() > 0.6  # P(τ<0.5) = 1 - 0.5^1.5 ≈ 0.646
+    assert tau.max() <= 0.999
+
+
+def test_prefix_length_sampler():
+    torch.manual_seed(0)
+    lens = SAMPLERS.build("prefix")(100_000)
+    assert lens.dtype == torch.long
+    assert abs((lens == 0).float().mean().item() - 0.5) < 0.01
+    nz = lens[lens > 0]
+    assert nz.min() == 1 and nz.max() == 6
+    assert abs(nz.float().mean().item() - 3.5) < 0.03
+    assert math.isclose(SAMPLERS.build("prefix", p_zero=1.0)(10).sum().item(), 0)

@@ -1,0 +1,54 @@
+import torch
+
+from xr0.masks import Causal, Lambda, causal_mask, drop_prefix_columns, lambda_mask
+from xr0.registry import MASKS
+
+
+def test_causal_is_lower_triangular():
+    m = causal_mask(4)
+    assert m.shape == (6, 6) and m.dtype == torch.bool
+    for r in range(6):
+        for c in range(6):
+            assert m[r, c] == (c <= r)
+
+
+def test_lambda_token_by_token():
+    w, t = 2, 6
+    m = lambda_mask(t, window=w)
+    assert m.shape == (8, 8)
+    assert m[0].tolist() == [True] + [False] * 7  # SINK sees itself only
+    assert m[1].tolist() == [True, True] + [False] * 6  # state sees SINK and itself
+    for i in range(t):
+        row = m[2 + i]
+        assert row[0] and row[1]  # every action sees SINK and state
+        for j in range(t):
+            assert bool(row[2 + j]) == (i - w <= j <= i), (i, j)
+
+
+def test_default_window_is_four_and_registered():
+    assert MASKS.get("lambda") is Lambda and MASKS.get("causal") is Causal
+    assert torch.equal(Lambda()(10), lambda_mask(10, 4))
+    m = lambda_mask(10)
+    assert not m[2 + 9, 2 + 4] and m[2 + 9, 2 + 5]
+
+
+def test_prefix_column_dropout_hides_only_old_prefix_columns_from_noisy_rows():
+    torch.manual_seed(0)
+    base = causal_mask(8)
+    plen = torch.tensor([6, 0, 2])
+    out = drop_prefix_columns(base, plen, p=1.0, keep_last=2)
+    assert out.shape == (3, 10, 10)
+    # sample 0: prefix columns 0..3 hidden from noisy rows (actions 6..7), columns 4,5 (last 2) kept
+    for r in range(2 + 6, 10):
+        assert not out[0, r, 2:6].any() and out[0, r, 6:8].all()
+    assert torch.equal(out[0, :8], base[:8])  # prefix rows unchanged
+    assert torch.equal(out[1], base) and torch.equal(out[2], base)  # no prefix / only 2 prefix columns
+    never = drop_prefix_columns(base, plen, p=0.0)
+    assert torch.equal(never, base.expand(3, 10, 10))
+
+
+def test_mask_component_applies_dropout_only_in_training():
+    mask = Lambda(window=4, prefix_dropout=1.0)
+    plen = torch.tensor([6])
+    assert mask(8, plen, training=False).shape == (10, 10)
+    assert mask(8, plen, training=True).shape == (1, 10, 10)
