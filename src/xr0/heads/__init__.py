@@ -1,2 +1,2 @@
-"""xr0 heads (filled in by its issue)."""
-from xr0.heads import choice_policy  # noqa: F401,E402
+"""Action heads: the DiT flow-matching expert and the stage-1 choice-policy head."""
+from xr0.heads import choice_policy, dit  # noqa: F401

@@ -1,0 +1,32 @@
+"""Qwen-VL image preprocessing in torch: normalise + patchify, numerically the same as
+transformers' Qwen2VLImageProcessor for images already at a multiple of patch·merge (batched, on device)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Qwen2VLImageProcessor defaults (OpenAI CLIP)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def patchify(images: Tensor, patch: int, merge: int, temporal: int, mean=CLIP_MEAN, std=CLIP_STD) -> tuple[Tensor, Tensor]:
+    """images (N, 3, H, W) in [0, 1] → pixel_values (N·gh·gw, 3·temporal·p·p), grid_thw (N, 3).
+
+    A still image is repeated over the temporal patch, and patches are ordered merge-window by window,
+    as the HF processor does, so the vision tower's patch merger sees the same layout.
+    """
+    n, c, h, w = images.shape
+    if h % (patch * merge) or w % (patch * merge):
+        raise ValueError(f"image size {h}x{w} must be a multiple of patch*merge = {patch * merge}; resize in the "
+                         f"data pipeline (data.image_size) to e.g. {h // (patch * merge) * patch * merge}x"
+                         f"{w // (patch * merge) * patch * merge}")
+    m = torch.tensor(mean, device=images.device, dtype=images.dtype)[:, None, None]
+    s = torch.tensor(std, device=images.device, dtype=images.dtype)[:, None, None]
+    x = (images - m) / s  # (N, C, H, W)
+    gh, gw = h // patch, w // patch
+    x = x[:, None].expand(n, temporal, c, h, w)  # (N, t, C, H, W)
+    x = x.reshape(n, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (N, gh/m, gw/m, m, m, C, t, p, p)
+    pixel_values = x.reshape(n * gh * gw, c * temporal * patch * patch)
+    grid = torch.tensor([[1, gh, gw]] * n, device=images.device, dtype=torch.long)  # (N, 3)
+    return pixel_values, grid

@@ -1,0 +1,218 @@
+"""Backbone adapter over transformers' Qwen3VLForConditionalGeneration (SPEC §1.1).
+
+`prepare` turns images + instructions into model inputs (our own chat layout and patchify, so nothing
+depends on the torchvision-backed processors); `context` runs one forward with use_cache=True and hands the
+DiT the last K layers' rotated K/V, the padding mask, the next free position and the VLM's rotary function.
+Prompts are LEFT-padded, so stage-1 extra tokens appended at the end sit right after every prompt.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import DynamicCache
+
+from xr0.backbones.configs import tiny_qwen3vl_config
+from xr0.backbones.images import CLIP_MEAN, CLIP_STD, patchify
+from xr0.backbones.tokenizer import ByteTokenizer, HFTokenizer
+from xr0.registry import BACKBONES
+from xr0.types import VLMContext
+
+IGNORE = -100
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+
+
+class _PrefillCache(DynamicCache):
+    """One prefill only: a second update of a layer (gradient checkpointing's recompute) overwrites it,
+    so the cache can stay on under checkpointing."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if layer_idx < len(self.layers) and layer_idx in getattr(self, "_filled", set()):
+            self.layers[layer_idx].keys, self.layers[layer_idx].values = key_states, value_states
+            return key_states, value_states
+        self._filled = getattr(self, "_filled", set()) | {layer_idx}
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+@BACKBONES.register("qwen3vl")
+class Qwen3VLBackbone(nn.Module):
+    """Qwen3-VL from a local directory (`pretrained`) or a tiny random config; KV cache for the DiT."""
+
+    def __init__(self, pretrained: str | None = None, tiny: dict[str, Any] | None = None, freeze: bool = False,
+                 gradient_checkpointing: bool = False, lora: dict[str, Any] | None = None,
+                 max_text_tokens: int = 64, dtype: str | None = None):
+        super().__init__()
+        from transformers import Qwen3VLForConditionalGeneration
+
+        mean, std = CLIP_MEAN, CLIP_STD
+        if pretrained:
+            path = Path(pretrained)
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(f"backbone.pretrained={pretrained}: no config.json there; point it at a local "
+                                        f"directory holding a downloaded Qwen3-VL (weights + tokenizer)")
+            self.model = Qwen3VLForConditionalGeneration.from_pretrained(
+                path, local_files_only=True, dtype=getattr(torch, dtype) if dtype else "auto")
+            self.tokenizer = HFTokenizer(str(path))
+            pp = path / "preprocessor_config.json"
+            if pp.is_file():
+                cfg = json.loads(pp.read_text())
+                mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
+        else:
+            self.model = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(tiny))
+            self.tokenizer = ByteTokenizer()
+        self.image_mean, self.image_std = mean, std
+        cfg = self.model.config
+        text = cfg.text_config
+        self.hidden_size, self.num_layers = text.hidden_size, text.num_hidden_layers
+        self.num_kv_heads, self.head_dim = text.num_key_value_heads, text.head_dim
+        vis = cfg.vision_config
+        self.patch, self.merge, self.temporal = vis.patch_size, vis.spatial_merge_size, vis.temporal_patch_size
+        self.max_text_tokens = max_text_tokens
+        self.frozen = freeze
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            for layer in self.model.model.language_model.layers:
+                layer._can_checkpoint_with_cache = True  # safe with _PrefillCache (overwrites on recompute)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            allowed = {"r", "alpha", "dropout", "target_modules"}
+            if set(lora) - allowed:
+                raise ValueError(f"backbone.lora: unknown keys {sorted(set(lora) - allowed)}; valid: {sorted(allowed)}")
+            self.model = get_peft_model(self.model, LoraConfig(
+                r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.0),
+                target_modules=lora.get("target_modules", DEFAULT_LORA_TARGETS)))
+        if freeze:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            self.model.eval()
+
+    @property
+    def hf(self) -> nn.Module:
+        """The underlying transformers model (unwrapped from peft)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def train(self, mode: bool = True) -> "Qwen3VLBackbone":
+        return super().train(mode and not self.frozen)  # a frozen VLM stays in eval
+
+    # ------------------------------------------------------------------ inputs
+    def _prompt_ids(self, n_views: int, tokens_per_view: int, text: str, answer: str | None) -> tuple[list[int], int]:
+        sp = self.tokenizer.special
+        ids = [sp("<|im_start|>")] + self.tokenizer.encode("user\n")
+        for _ in range(n_views):
+            ids += [sp("<|vision_start|>")] + [sp("<|image_pad|>")] * tokens_per_view + [sp("<|vision_end|>")]
+        ids += self.tokenizer.encode(text)[: self.max_text_tokens]
+        ids += [sp("<|im_end|>")] + self.tokenizer.encode("\n") + [sp("<|im_start|>")] + self.tokenizer.encode("assistant\n")
+        n_prompt = len(ids)
+        if answer is not None:
+            ids += self.tokenizer.encode(answer)[: self.max_text_tokens] + [sp("<|im_end|>")]
+        return ids, n_prompt
+
+    def prepare(self, images: Tensor, image_mask: Tensor | None, texts: list[str],
+                answers: list[str] | None = None) -> dict[str, Tensor]:
+        """images (B,V,3,H,W) in [0,1] → left-padded input_ids, attention_mask, mm_token_type_ids,
+        pixel_values, image_grid_thw (and labels on the answer tokens when `answers` is given)."""
+        device = next(self.model.parameters()).device
+        b, v, c, h, w = images.shape
+        images = images.to(device=device, dtype=torch.float32)
+        if image_mask is not None:  # a missing camera is fed as a zero frame: shapes stay static
+            images = images * image_mask.to(device=device, dtype=images.dtype)[:, :, None, None, None]
+        pixel_values, grid = patchify(images.reshape(b * v, c, h, w), self.patch, self.merge, self.temporal,
+                                      self.image_mean, self.image_std)
+        tokens_per_view = (h // self.patch) * (w // self.patch) // (self.merge ** 2)
+        seqs = [self._prompt_ids(v, tokens_per_view, t, None if answers is None else answers[i])
+                for i, t in enumerate(texts)]
+        length = max(len(s) for s, _ in seqs)
+        pad = self.tokenizer.special("<|endoftext|>")
+        img = self.tokenizer.special("<|image_pad|>")
+        input_ids = torch.full((b, length), pad, dtype=torch.long)
+        attn = torch.zeros(b, length, dtype=torch.long)
+        labels = torch.full((b, length), IGNORE, dtype=torch.long)
+        for i, (ids, n_prompt) in enumerate(seqs):
+            input_ids[i, length - len(ids):] = torch.tensor(ids)
+            attn[i, length - len(ids):] = 1
+            labels[i, length - len(ids) + n_prompt:] = torch.tensor(ids[n_prompt:], dtype=torch.long)
+        out = {"input_ids": input_ids.to(device), "attention_mask": attn.to(device),
+               "mm_token_type_ids": (input_ids == img).int().to(device),
+               "pixel_values": pixel_values.to(self.hf.dtype), "image_grid_thw": grid}
+        if answers is not None:
+            out["labels"] = labels.to(device)
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def _append_extra(self, inputs: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+        b = inputs["input_ids"].shape[0]
+        dev = inputs["input_ids"].device
+        extra = torch.full((b, n), self.tokenizer.special("<|extra|>"), dtype=torch.long, device=dev)
+        return {**inputs,
+                "input_ids": torch.cat([inputs["input_ids"], extra], 1),
+                "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(b, n, dtype=torch.long, device=dev)], 1),
+                "mm_token_type_ids": torch.cat([inputs["mm_token_type_ids"], torch.zeros(b, n, dtype=torch.int, device=dev)], 1)}
+
+    def _forward(self, inputs: dict[str, Tensor], extra_embeds: Tensor | None, lm_head: bool = False):
+        hf = self.hf
+        if extra_embeds is not None:
+            inputs = self._append_extra(inputs, extra_embeds.shape[1])
+        position_ids, _ = hf.model.get_rope_index(
+            inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
+            attention_mask=inputs["attention_mask"])  # (3,B,S)
+        handle = None
+        if extra_embeds is not None:
+            n = extra_embeds.shape[1]
+
+            def put_extra(_module, _args, out):  # the learnable tokens replace the placeholder embeddings
+                return torch.cat([out[:, :-n], extra_embeds.to(out.dtype)], dim=1)
+
+            handle = hf.get_input_embeddings().register_forward_hook(put_extra)
+        try:
+            cache = _PrefillCache(config=hf.config.text_config)
+            out = hf.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                           position_ids=position_ids, cache=cache, use_cache=True,
+                           pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
+                           mm_token_type_ids=inputs["mm_token_type_ids"])
+        finally:
+            if handle is not None:
+                handle.remove()
+        logits = hf.lm_head(out.last_hidden_state) if lm_head else None
+        return out, cache, position_ids, inputs["attention_mask"], logits
+
+    def context(self, inputs: dict[str, Tensor], num_layers: int, extra_embeds: Tensor | None = None) -> VLMContext:
+        """One forward with the KV cache on; the last `num_layers` layers' K/V go to the DiT."""
+        if num_layers > self.num_layers:
+            raise ValueError(f"asked for the last {num_layers} VLM layers but the VLM has {self.num_layers}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            out, cache, pos, attn, _ = self._forward(inputs, extra_embeds)
+        layers = cache.layers[len(cache.layers) - num_layers:]
+        hidden = out.last_hidden_state  # (B,S,D)
+        n = 0 if extra_embeds is None else extra_embeds.shape[1]
+        rotary = self.hf.model.language_model.rotary_emb
+        return VLMContext(
+            keys=[layer.keys for layer in layers],  # each (B, kv_heads, S, head_dim), rotated
+            values=[layer.values for layer in layers],
+            attention_mask=attn.bool(),
+            next_position=pos.amax(dim=(0, 2)) + 1,  # (B,) first free M-RoPE position
+            rope=lambda positions: rotary(hidden, positions),  # text positions: same index on all three axes
+            hidden=hidden[:, : hidden.shape[1] - n],
+            extra_hidden=hidden[:, hidden.shape[1] - n:] if n else None)
+
+    def lm_loss(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Next-token cross-entropy on the answer tokens only; logits and labels unshifted (HF convention)."""
+        if "labels" not in inputs:
+            raise ValueError("lm_loss needs labels: call prepare(..., answers=[...])")
+        _, _, _, _, logits = self._forward(inputs, None, lm_head=True)
+        labels = inputs["labels"]
+        loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                           ignore_index=IGNORE)
+        return loss, logits, labels
+
+    def fsdp_wrap_modules(self) -> set[type]:
+        lm = self.hf.model.language_model
+        return {type(lm.layers[0]), type(self.hf.model.visual.blocks[0])}
+
+
+def lora_param_names(module: nn.Module) -> list[str]:
+    return [n for n, _ in module.named_parameters() if re.search(r"lora_", n)]

@@ -1,0 +1,117 @@
+"""The policy: VLM backbone + DiT action expert, trained by flow matching and sampled with Euler steps.
+
+`predict_chunk` runs the VLM once and reuses its KV cache for every flow step (SPEC §1.4). `flow_loss`
+covers stage 2 (no prefix) and stage 3 async (clean Δt_c prefix, loss on the rest, optional re-weighting).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from xr0 import flow
+from xr0.types import VLMContext
+
+REWEIGHT_CLAMP = (0.5, 5.0)  # SPEC §2 stage 3
+
+
+class Policy(nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module, mask: Any, tau_sampler: Any, flow_steps: int = 5):
+        super().__init__()
+        self.backbone, self.head, self.mask, self.tau_sampler = backbone, head, mask, tau_sampler
+        self.flow_steps = flow_steps
+        if hasattr(head, "check_backbone"):
+            head.check_backbone(backbone.num_layers, backbone.num_kv_heads, backbone.head_dim)
+
+    # ------------------------------------------------------------------ VLM
+    def context(self, batch: dict[str, Any]) -> VLMContext:
+        """One VLM forward on images + instruction; its KV cache feeds every DiT call."""
+        inputs = self.backbone.prepare(batch["images"], batch.get("image_mask"), list(batch["instruction"]))
+        return self.backbone.context(inputs, num_layers=self.head.depth)
+
+    # ------------------------------------------------------------------ DiT
+    def velocity(self, ctx: VLMContext, batch: dict[str, Any], x_tau: Tensor, tau: Tensor,
+                 prefix_len: Tensor | None = None, training: bool = False) -> Tensor:
+        """One DiT call. x_tau (B,T,A), tau (B,T) per token → v (B,T,A)."""
+        b, t, _ = x_tau.shape
+        is_prefix = flow.prefix_positions(prefix_len, b, t, x_tau.device)  # (B,T)
+        amask = batch["action_mask"].to(x_tau.dtype)[:, None, :]  # (B,1,A)
+        mask = self.mask(t, prefix_len, training=training)
+        return self.head(ctx, batch["state"], x_tau * amask, tau, mask, noisy=~is_prefix)  # (B,T,A)
+
+    @torch.no_grad()
+    def sample(self, ctx: VLMContext, batch: dict[str, Any], prefix: Tensor | None = None,
+               prefix_len: Tensor | None = None, steps: int | None = None, noise: Tensor | None = None) -> Tensor:
+        """Euler from noise to actions on a fixed context; prefix (B,T,A) rows < prefix_len stay clean."""
+        b, a_dim = batch["state"].shape[0], batch["action_mask"].shape[-1]
+        t = self.head.chunk
+        if noise is None:
+            noise = torch.randn(b, t, a_dim, device=batch["state"].device, dtype=batch["state"].dtype)
+        fn = lambda x, tau: self.velocity(ctx, batch, x, tau, prefix_len)  # noqa: E731
+        x = flow.euler_sample(fn, noise, steps or self.flow_steps, prefix, prefix_len, self.head.prefix_tau)
+        return x * batch["action_mask"].to(x.dtype)[:, None, :]  # (B,T,A)
+
+    @torch.no_grad()
+    def predict_chunk(self, batch: dict[str, Any], prefix: Tensor | None = None, steps: int | None = None,
+                      noise: Tensor | None = None) -> Tensor:
+        """Actions (B,T,A) for a batch of observations; prefix (B,P,A) = committed actions kept fixed."""
+        ctx = self.context(batch)  # the VLM runs once
+        prefix_full, prefix_len = None, None
+        if prefix is not None and prefix.shape[1] > 0:
+            b, p, a_dim = prefix.shape
+            if p > self.head.chunk:
+                raise ValueError(f"prefix of {p} actions is longer than the chunk ({self.head.chunk})")
+            prefix_full = torch.zeros(b, self.head.chunk, a_dim, device=prefix.device, dtype=prefix.dtype)
+            prefix_full[:, :p] = prefix
+            prefix_len = torch.full((b,), p, dtype=torch.long, device=prefix.device)
+        return self.sample(ctx, batch, prefix_full, prefix_len, steps, noise)
+
+    # ------------------------------------------------------------------ loss
+    def flow_loss(self, batch: dict[str, Any], ctx: VLMContext, prefix_len: Tensor | None = None,
+                  reweight: bool = False, repeat: int = 1) -> dict[str, Tensor]:
+        """Flow-matching MSE over valid dims and timesteps, excluding the clean prefix; `repeat` draws of
+        (ε, τ) share one VLM context (training_repeat)."""
+        a = batch["actions"]  # (B,T,A)
+        b, t, _ = a.shape
+        is_prefix = flow.prefix_positions(prefix_len, b, t, a.device)  # (B,T)
+        chunk_mask = batch.get("chunk_mask")
+        chunk_mask = torch.ones(b, t, dtype=torch.bool, device=a.device) if chunk_mask is None else chunk_mask.bool()
+        valid = batch["action_mask"].bool()[:, None, :] & (chunk_mask & ~is_prefix)[..., None]  # (B,T,A)
+        weight = torch.ones_like(a)
+        if reweight and prefix_len is not None and bool((prefix_len > 0).any()):
+            weight = self._reweight(ctx, batch, prefix_len, valid)
+        losses = []
+        for _ in range(repeat):
+            eps = torch.randn_like(a)
+            tau = flow.token_tau(self.tau_sampler(b, device=a.device).to(a.dtype), is_prefix, self.head.prefix_tau)
+            x = torch.where(is_prefix[..., None], a, flow.interpolate(a, eps, tau))  # prefix stays clean
+            u = torch.where(is_prefix[..., None], torch.zeros_like(a), flow.target_velocity(a, eps))
+            v = self.velocity(ctx, batch, x, tau, prefix_len, training=self.training)
+            err = weight * (v - u).pow(2) * valid
+            losses.append(err.sum() / valid.sum().clamp_min(1))
+        loss = torch.stack(losses).mean()
+        return {"loss": loss, "mse": loss.detach(), "weight_mean": (weight * valid).sum().detach() / valid.sum().clamp_min(1),
+                "valid_frac": valid.float().mean().detach()}
+
+    @torch.no_grad()
+    def _reweight(self, ctx: VLMContext, batch: dict[str, Any], prefix_len: Tensor, valid: Tensor) -> Tensor:
+        """w = |â - a| / mean over valid elements, clamped to [0.5, 5]; â from a 5-step generation with the
+        same prefix. Samples without a prefix keep weight 1."""
+        a = batch["actions"]
+        a_hat = self.sample(ctx, batch, prefix=a, prefix_len=prefix_len, steps=self.flow_steps)
+        err = (a_hat - a).abs() * valid  # (B,T,A)
+        mean = err.sum(dim=(1, 2), keepdim=True) / valid.sum(dim=(1, 2), keepdim=True).clamp_min(1)  # (B,1,1)
+        w = (err / mean.clamp_min(1e-8)).clamp(*REWEIGHT_CLAMP)
+        return torch.where((prefix_len > 0)[:, None, None], w, torch.ones_like(w))
+
+    # ------------------------------------------------------------------ helpers
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def fsdp_wrap_modules(self) -> set[type]:
+        mods = set()
+        for part in (self.backbone, self.head):
+            fn = getattr(part, "fsdp_wrap_modules", None)
+            mods |= set(fn()) if fn else set()
+        return mods
