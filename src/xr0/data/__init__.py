@@ -1,1 +1,2 @@
-"""xr0 data (filled in by its issue)."""
+"""Data: WebDataset shards, cards, the reader, mixtures, resampling, and generated data."""
+from xr0.data import synthetic  # noqa: F401

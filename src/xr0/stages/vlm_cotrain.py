@@ -56,7 +56,7 @@ def stage1_metrics(num_candidates: int) -> nn.ModuleDict:
         "l1_best": torchmetrics.MeanMetric(),  # action L1 of the best candidate (oracle)
         # how often the lowest score picks the best candidate
         "rank_accuracy": MulticlassAccuracy(num_classes=n, average="micro") if n > 1 else torchmetrics.MeanMetric(),
-        "winners": torchmetrics.SumMetric(),  # (N,) wins per candidate, for the histogram
+        "winners": torchmetrics.CatMetric(),  # index of the best candidate per sample, for the histogram
         "vl_token_accuracy": torchmetrics.MeanMetric(),
         "vl_perplexity": Perplexity(ignore_index=-100),
     })
@@ -114,7 +114,7 @@ class VLMCoTrain(L.LightningModule):
             m["rank_accuracy"](out["chosen"], out["best"])
         else:
             m["rank_accuracy"](torch.ones_like(out["l1_best"]))
-        m["winners"](torch.bincount(out["best"], minlength=self.head.num_candidates).float())
+        m["winners"](out["best"].float())
         self.log_dict({f"{tag}/robot_loss": out["loss"], f"{tag}/action_loss": out["action_loss"],
                        f"{tag}/score_loss": out["score_loss"]}, batch_size=bs, prog_bar=tag == "train")
         self.log_dict({f"{tag}/{k}": m[k] for k in ("l1_chosen", "l1_best", "rank_accuracy")}, batch_size=bs)
@@ -122,10 +122,9 @@ class VLMCoTrain(L.LightningModule):
             chosen = self.head.select(cand.detach(), scores.detach())  # (B, T, D)
             if log_chunk_figure(self, "train/chunk", chosen, batch["actions"], batch["action_mask"],
                                 self.plot_every_n_steps):
-                wins = m["winners"].compute()  # (N,)
-                self.logger.experiment.add_histogram(
-                    "train/winner", torch.repeat_interleave(torch.arange(len(wins)), wins.long()),
-                    global_step=self.global_step)
+                winners = m["winners"].compute().reshape(-1)  # (samples,) best-candidate indices
+                self.logger.experiment.add_histogram("train/winner", winners, global_step=self.global_step,
+                                                     bins=self.head.num_candidates)
         return out["loss"]
 
     def vl_step(self, batch: dict[str, Any], tag: str) -> Tensor:
