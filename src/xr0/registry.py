@@ -12,8 +12,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# Set by xr0.plugins while a plugin module is imported, so its entries record their distribution.
+# Set by xr0.plugins while a plugin module is imported; entries defined elsewhere find their distribution
+# from their module's top-level package (so a plugin imported directly, e.g. by its tests, still says its name).
 _current_origin: list[str] = ["xr0"]
+_package_dists: dict[str, list[str]] | None = None
+
+
+def _origin_of(obj: Any) -> str:
+    global _package_dists
+    top = (getattr(obj, "__module__", None) or "").split(".")[0]
+    if top in ("xr0", "", "__main__") or top.startswith("test"):
+        return _current_origin[-1]
+    if _package_dists is None:
+        from importlib.metadata import packages_distributions
+
+        _package_dists = packages_distributions()
+    dists = _package_dists.get(top)
+    return dists[0] if dists else _current_origin[-1]
 
 
 class RegistryError(KeyError):
@@ -54,7 +69,7 @@ class Registry:
                     f"{getattr(old.obj, '__module__', '?')}.{getattr(old.obj, '__qualname__', old.obj)}); "
                     f"pick another name"
                 )
-            self._entries[name] = Entry(name, obj, _current_origin[-1])
+            self._entries[name] = Entry(name, obj, _origin_of(obj))
             return obj
 
         return deco
