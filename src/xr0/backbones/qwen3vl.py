@@ -38,13 +38,30 @@ class _PrefillCache(DynamicCache):
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
+def _architecture(config: str):
+    """`qwen3vl_4b` (the published 4B architecture) or a path to a Qwen3-VL config.json."""
+    from transformers import Qwen3VLConfig
+
+    from xr0.backbones.configs import qwen3vl_4b_config
+
+    if config == "qwen3vl_4b":
+        return qwen3vl_4b_config()
+    path = Path(config)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone.config={config}: not 'qwen3vl_4b' and no config.json there")
+    return Qwen3VLConfig(**json.loads(path.read_text()))
+
+
 @BACKBONES.register("qwen3vl")
 class Qwen3VLBackbone(nn.Module):
     """Qwen3-VL from a local directory (`pretrained`) or a tiny random config; KV cache for the DiT."""
 
     def __init__(self, pretrained: str | None = None, tiny: dict[str, Any] | None = None, freeze: bool = False,
                  gradient_checkpointing: bool = False, lora: dict[str, Any] | None = None,
-                 max_text_tokens: int = 64, dtype: str | None = None):
+                 max_text_tokens: int = 64, dtype: str | None = None, config: str | None = None,
+                 tokenizer: str | None = None):
         super().__init__()
         from transformers import Qwen3VLForConditionalGeneration
 
@@ -61,9 +78,14 @@ class Qwen3VLBackbone(nn.Module):
             if pp.is_file():
                 cfg = json.loads(pp.read_text())
                 mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
+        elif config:  # an architecture without weights (they come from init_from, or the run is a benchmark)
+            self.model = Qwen3VLForConditionalGeneration(_architecture(config))
+            self.tokenizer = HFTokenizer(tokenizer) if tokenizer else ByteTokenizer()
         else:
             self.model = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(tiny))
             self.tokenizer = ByteTokenizer()
+        if tokenizer and not isinstance(self.tokenizer, HFTokenizer):
+            self.tokenizer = HFTokenizer(tokenizer)
         self.image_mean, self.image_std = mean, std
         cfg = self.model.config
         text = cfg.text_config
