@@ -98,3 +98,19 @@ def find_resume_checkpoint(ckpt_dir: Path) -> Path:
             return cand
         warnings.warn(f"checkpoint {cand} is corrupt or truncated; falling back to the previous one")
     raise FileNotFoundError(f"--resume last: every checkpoint in {ckpt_dir} is unreadable ({', '.join(p.name for p in candidates)})")
+
+
+class RollingCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that keeps the newest `keep_last_k` step checkpoints on disk, including files an
+    earlier, killed process wrote after its last recorded state (which a resumed run would not know of)."""
+
+    def __init__(self, keep_last_k: int, **kwargs: Any):
+        super().__init__(save_top_k=keep_last_k, monitor="step", mode="max", **kwargs)
+        self.keep_last_k = keep_last_k
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero and self.dirpath and self.keep_last_k > 0:
+            steps = sorted(Path(self.dirpath).glob("step*.ckpt"), key=_step_of, reverse=True)
+            for old in steps[self.keep_last_k:]:
+                old.unlink(missing_ok=True)

@@ -35,12 +35,12 @@ def _run_dir(run: RunConfig, resume: str | None) -> Path:
     return out
 
 
-def build_trainer(tree: dict[str, Any], module: Any, out: Path, **extra: Any):
+def build_trainer(tree: dict[str, Any], module: Any, out: Path, callbacks: list | None = None, **extra: Any):
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from xr0.fault import NonFiniteGuard
+    from xr0.fault import NonFiniteGuard, RollingCheckpoint
     from xr0.strategies import make_strategy
 
     run = run_config(tree)
@@ -48,10 +48,10 @@ def build_trainer(tree: dict[str, Any], module: Any, out: Path, **extra: Any):
     kwargs.update(extra)
     if "strategy" in kwargs:
         kwargs["strategy"] = make_strategy(kwargs["strategy"], module, run.activation_checkpointing)
-    callbacks = [
-        ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
-                        every_n_train_steps=run.checkpoint_every_n_steps, save_last=True,
-                        save_top_k=run.keep_last_k, monitor="step", mode="max"),
+    callbacks = list(callbacks or []) + [
+        RollingCheckpoint(run.keep_last_k, dirpath=out / "checkpoints", filename="step{step:07d}",
+                          auto_insert_metric_name=False, every_n_train_steps=run.checkpoint_every_n_steps,
+                          save_last=True),
         NonFiniteGuard(run.max_nonfinite_steps),
     ]
     logger = TensorBoardLogger(str(out), name="tb", default_hp_metric=False) if run.tensorboard else False
@@ -60,8 +60,9 @@ def build_trainer(tree: dict[str, Any], module: Any, out: Path, **extra: Any):
     return L.Trainer(default_root_dir=str(out), callbacks=callbacks, logger=logger, **kwargs)
 
 
-def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = None) -> Path:
-    """Train the stage a recipe names. Returns the run directory."""
+def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = None,
+        callbacks: list | None = None) -> Path:
+    """Train the stage a recipe names (extra Lightning callbacks optional). Returns the run directory."""
     import lightning as L
 
     from xr0.fault import find_resume_checkpoint
@@ -83,7 +84,7 @@ def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = No
     module.xr0_recipe = tree  # stages store it (and stats, embodiment) in every checkpoint
     module.xr0_stats = getattr(datamodule, "stats", None)
 
-    trainer = build_trainer(tree, module, out)
+    trainer = build_trainer(tree, module, out, callbacks)
     if trainer.is_global_zero:
         print(f"[xr0] {global_batch(getattr(datamodule, 'batch_size', None), trainer)}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -41,7 +41,7 @@ class _Robot(Dataset):
         return {"images": self.images[i], "image_mask": torch.ones(self.images.shape[1], dtype=torch.bool),
                 "instruction": INSTRUCTIONS[int(self.instr[i])], "state": self.state[i], "actions": self.actions[i],
                 "action_mask": self.action_mask, "chunk_mask": torch.ones(t, dtype=torch.bool),
-                "embodiment": "synthetic"}
+                "embodiment": "synthetic", "index": i}
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
