@@ -14,8 +14,7 @@ def make_strategy(name: Any, module: Any, activation_checkpointing: bool = False
     if name == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
-        # the model declares its repeated blocks (DiT block, VLM decoder layer): each becomes one FSDP unit
-        wrap = set(getattr(module, "fsdp_wrap_modules", lambda: set())())
+        wrap = wrap_modules(module)
         return FSDPStrategy(
             auto_wrap_policy=wrap or None,
             activation_checkpointing_policy=wrap if activation_checkpointing and wrap else None,
@@ -24,6 +23,16 @@ def make_strategy(name: Any, module: Any, activation_checkpointing: bool = False
     if name == "deepspeed_zero2":
         return "deepspeed_stage_2"
     return name
+
+
+def wrap_modules(module: Any) -> set[type]:
+    """The repeated blocks the model declares (DiT block, VLM decoder and vision layers): one FSDP unit each."""
+    wrap: set[type] = set()
+    for sub in module.modules():
+        fn = getattr(sub, "fsdp_wrap_modules", None)
+        if callable(fn):
+            wrap |= set(fn())
+    return wrap
 
 
 def global_batch(per_device: int | None, trainer: Any) -> str:
