@@ -54,7 +54,10 @@ def parse_request(message: Any) -> tuple[dict[str, Any], np.ndarray | None, RTCS
         if prefix is None:
             raise RequestError("rtc needs prefix_actions (the rest of the executing chunk)")
     if prefix is not None and not isinstance(prefix, np.ndarray):
-        prefix = np.asarray(prefix, dtype=np.float64)
+        try:
+            prefix = np.asarray(prefix, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"prefix_actions: expected a (P, action_dim) array of numbers ({exc})") from exc
     return obs, prefix, rtc
 
 
