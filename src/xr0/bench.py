@@ -1,0 +1,132 @@
+"""`xr0 bench infer|train --scale tiny|paper`: policy latency and training throughput.
+
+Paper scale = the published Qwen3-VL-4B-Instruct architecture (random init) + the 16-layer, width-1024 DiT,
+3 views at 320×256 (the released image policy: a multiple of 32, at most 90,000 pixels), ~30 instruction
+tokens, T=30, 32-dim actions, 5 Euler steps, batch 1, bf16. Tiny scale runs on a CPU so CI covers the path.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+INSTRUCTION = "pick up the red cube on the left and place it in the blue bowl next to the green cup please"
+SCALES = {
+    "tiny": {"backbone": {"name": "qwen3vl", "tiny": {}}, "views": 2, "hw": (56, 56), "chunk": 10,
+             "head": {"width": 64, "depth": 2, "num_heads": 2, "head_dim": 32}},
+    "paper": {"backbone": {"name": "qwen3vl", "config": "qwen3vl_4b"}, "views": 3, "hw": (256, 320), "chunk": 30,
+              "head": {"width": 1024, "depth": 16, "num_heads": 8, "head_dim": 128}},
+}
+
+
+def build_policy(scale: str, device: str, dtype: torch.dtype):
+    from xr0.policy import Policy
+    from xr0.registry import BACKBONES, HEADS, MASKS, SAMPLERS
+
+    s = SCALES[scale]
+    bb = dict(s["backbone"])
+    backbone = BACKBONES.build(bb.pop("name"), **bb)
+    head = HEADS.build("dit", chunk=s["chunk"], **s["head"])
+    policy = Policy(backbone, head, MASKS.build("causal"), SAMPLERS.build("beta")).to(device=device, dtype=dtype).eval()
+    return policy, s
+
+
+def make_batch(s: dict[str, Any], batch: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    h, w = s["hw"]
+    return {"images": torch.rand(batch, s["views"], 3, h, w, device=device),
+            "image_mask": torch.ones(batch, s["views"], dtype=torch.bool, device=device),
+            "instruction": [INSTRUCTION] * batch, "state": torch.randn(batch, 32, device=device, dtype=dtype),
+            "actions": torch.randn(batch, s["chunk"], 32, device=device, dtype=dtype),
+            "action_mask": torch.ones(batch, 32, dtype=torch.bool, device=device),
+            "chunk_mask": torch.ones(batch, s["chunk"], dtype=torch.bool, device=device)}
+
+
+def timed(fn: Callable[[], Any], iters: int, warmup: int, device: str) -> list[float]:
+    """Milliseconds per call: CUDA events on a GPU, perf_counter on a CPU."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            out.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    q = sorted(ms)
+    return {"p50_ms": statistics.median(q), "p99_ms": q[min(len(q) - 1, int(0.99 * len(q)))], "n": len(q)}
+
+
+def bench_infer(scale: str = "tiny", device: str = "cpu", iters: int = 100, warmup: int = 10,
+                steps: int = 5) -> dict[str, Any]:
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    policy, s = build_policy(scale, device, dtype)
+    batch = make_batch(s, 1, device, dtype)
+    with torch.inference_mode():
+        inputs = policy.backbone.prepare(batch["images"], batch["image_mask"], batch["instruction"])
+        ctx = policy.context(batch)
+        hf = policy.backbone.hf
+        parts = {
+            "vision_ms": summary(timed(lambda: hf.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]),
+                                       iters, warmup, device)),
+            "prefill_ms": summary(timed(lambda: policy.context(batch), iters, warmup, device)),
+            "dit_steps_ms": summary(timed(lambda: policy.sample(ctx, batch, steps=steps), iters, warmup, device)),
+            "total_ms": summary(timed(lambda: policy.predict_chunk(batch, steps=steps), iters, warmup, device)),
+        }
+    return {"kind": "infer", "scale": scale, "device": _device_name(device), "steps": steps,
+            "vlm_tokens": int(ctx.attention_mask.shape[1]), **parts}
+
+
+def bench_train(scale: str = "tiny", device: str = "cpu", stage: str = "post_train", batch: int = 2,
+                iters: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """Samples/s of one optimiser step (stage 2 = frozen VLM, stage 3 = full model, async prefix)."""
+    policy, s = build_policy(scale, device, torch.float32)
+    policy.train()
+    if stage == "dit_flow":
+        for p in policy.backbone.parameters():
+            p.requires_grad_(False)
+        policy.backbone.frozen = True
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5,
+                            fused=device.startswith("cuda"))
+    data = make_batch(s, batch, device, torch.float32)
+    autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                              enabled=device.startswith("cuda"))
+
+    def step():
+        with autocast:
+            ctx = policy.context(data)
+            plen = torch.randint(0, 7, (batch,), device=device) if stage == "post_train" else None
+            loss = policy.flow_loss(data, ctx, prefix_len=plen)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ms = summary(timed(step, iters, warmup, device))
+    return {"kind": "train", "scale": scale, "stage": stage, "device": _device_name(device), "batch": batch,
+            "step_ms": ms, "samples_per_s": batch / (ms["p50_ms"] / 1e3)}
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def write(result: dict[str, Any], out: str | None) -> str:
+    line = json.dumps(result)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return line

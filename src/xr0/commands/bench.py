@@ -1,0 +1,47 @@
+"""`xr0 bench infer|train`: latency and throughput at tiny (CPU) or paper scale."""
+from __future__ import annotations
+
+from xr0.registry import COMMANDS
+
+
+@COMMANDS.register("bench")
+class Bench:
+    """Benchmark policy inference latency or training throughput (--scale tiny|paper)."""
+
+    @staticmethod
+    def add_arguments(p):
+        sub = p.add_subparsers(dest="what", required=True)
+        for name in ("infer", "train"):
+            q = sub.add_parser(name)
+            q.add_argument("--scale", choices=("tiny", "paper"), default="tiny")
+            q.add_argument("--device", default="cuda" if _cuda() else "cpu")
+            q.add_argument("--iters", type=int, default=100 if name == "infer" else 10)
+            q.add_argument("--warmup", type=int, default=10 if name == "infer" else 3)
+            q.add_argument("--out", default=None, help="write the JSON result here")
+            if name == "infer":
+                q.add_argument("--steps", type=int, default=5)
+            else:
+                q.add_argument("--stage", choices=("dit_flow", "post_train"), default="post_train")
+                q.add_argument("--batch", type=int, default=2)
+
+    @staticmethod
+    def run(args):
+        from xr0 import bench
+
+        if args.what == "infer":
+            res = bench.bench_infer(args.scale, args.device, args.iters, args.warmup, args.steps)
+            print(f"[xr0 bench infer] {res['scale']} on {res['device']}: p50 {res['total_ms']['p50_ms']:.2f} ms "
+                  f"p99 {res['total_ms']['p99_ms']:.2f} ms (vision {res['vision_ms']['p50_ms']:.2f}, prefill "
+                  f"{res['prefill_ms']['p50_ms']:.2f}, {res['steps']} DiT steps {res['dit_steps_ms']['p50_ms']:.2f})")
+        else:
+            res = bench.bench_train(args.scale, args.device, args.stage, args.batch, args.iters, args.warmup)
+            print(f"[xr0 bench train] {res['scale']} {res['stage']} on {res['device']}: batch {res['batch']}, "
+                  f"step p50 {res['step_ms']['p50_ms']:.1f} ms, {res['samples_per_s']:.1f} samples/s")
+        print(bench.write(res, args.out))
+        return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
