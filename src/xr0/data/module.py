@@ -1,0 +1,176 @@
+"""`webdataset`: the DATASETS builder that streams data cards into training batches.
+
+    data: {name: webdataset, card: libero_v1, batch_size: 32, chunk: 10}
+    data: {name: webdataset, cards: [droid_v1, bridge_v1, vqa_v1], weights: [3, 3, 1], batch_size: 64}
+
+One card: a finite epoch over its shards (each rank and worker reads different shards). Several cards: each
+source repeats forever on its own shards and RandomMix draws samples by weight; an epoch is
+`samples_per_epoch` samples (default: the cards' num_samples summed). With a `kind: vl` card in the mix,
+batches come as {'robot': ..., 'vl': ...} (stage 1). Counters of skipped samples and of samples per kind
+and source are in `.counters` (updated as batches reach the main process) for the stage to log.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, IterableDataset
+
+from xr0.data.cards import CardError, DataCard, load_card, shard_list
+from xr0.data.reader import Batcher, Counts, RobotTransform, VLTransform, card_stream
+from xr0.data.stats import for_checkpoint, load_stats
+from xr0.registry import DATASETS
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # what webdataset's split_by_node reads too
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _forever(ds, name: str):
+    while True:  # re-iterating a WebDataset reopens (and reshuffles) this worker's shards
+        got = False
+        for s in ds:
+            got = True
+            yield s
+        if not got:
+            raise RuntimeError(f"data card '{name}': this rank/worker read no samples (all shards empty or corrupt)")
+
+
+class _Stream(IterableDataset):
+    def __init__(self, dm: "WebDatasetData", samples_per_epoch: int | None):
+        self.dm, self.samples_per_epoch = dm, samples_per_epoch
+
+    def __iter__(self):
+        import torch
+        import webdataset as wds
+
+        dm = self.dm
+        counts = Counts()
+        info = torch.utils.data.get_worker_info()
+        rank, world = _world()
+        streams = []
+        for i, card in enumerate(dm.cards):
+            if card.kind == "vl":
+                tf = VLTransform(card, dm.image_size, dm.views, counts)
+            else:
+                tf = RobotTransform(card, dm.card_stats[card.name], dm.chunk, dm.image_size, dm.views, counts)
+            streams.append(card_stream(card, tf, counts, dm.shuffle_buffer, dm.shard_shuffle,
+                                       dm.seed + 1000 * rank + 100 * i + (info.id if info else 0)))
+        if len(streams) == 1:
+            mixed, max_batches = iter(streams[0]), None
+        else:
+            mixed = iter(wds.RandomMix([_forever(s, c.name) for s, c in zip(streams, dm.cards)], dm.weights))
+            workers = max(1, info.num_workers if info else 1)
+            max_batches = max(1, math.ceil(self.samples_per_epoch / dm.batch_size / world / workers))
+        yield from Batcher(dm.batch_size, dm.with_vl, counts, max_batches)(mixed)
+
+
+@DATASETS.register("webdataset")
+class WebDatasetData(L.LightningDataModule):
+    """Streaming WebDataset shards named by data cards: shuffle, split by rank/worker, normalise, mix by weight."""
+
+    def __init__(self, card: str | None = None, cards: list[str] | None = None, weights: list[float] | None = None,
+                 batch_size: int = 32, num_workers: int = 2, shuffle_buffer: int = 1000, shard_shuffle: int = 100,
+                 image_size: Any = 224, views: int | None = None, chunk: int | None = None, seed: int = 0,
+                 samples_per_epoch: int | None = None, embodiment: str | None = None):
+        super().__init__()
+        problems = WebDatasetData.__xr0_validate__(dict(card=card, cards=cards, weights=weights, chunk=chunk,
+                                                        embodiment=embodiment))
+        if problems:
+            raise CardError("data (webdataset):\n  - " + "\n  - ".join(problems))
+        refs = [card] if card is not None else list(cards)
+        self.cards: list[DataCard] = [load_card(r) for r in refs]
+        self.weights = [float(w) for w in (weights or [1.0] * len(self.cards))]
+        robot = [c for c in self.cards if c.kind == "robot"]
+        self.with_vl = any(c.kind == "vl" for c in self.cards)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.shuffle_buffer, self.shard_shuffle, self.seed = shuffle_buffer, shard_shuffle, seed
+        self.image_size = image_size
+        from xr0 import embodiments
+
+        self.chunk = chunk or (min(c.chunk for c in robot) if robot else 1)
+        self.views = views or max([len(c.cameras or embodiments.get(c.embodiment).cameras) for c in robot] + [1])
+        self.card_stats = {c.name: load_stats(c.stats_path) for c in robot}
+        # the checkpoint carries one embodiment's statistics (deploy serves one robot): the first robot card's
+        self.embodiment = robot[0].embodiment if robot else None
+        self.stats = for_checkpoint(self.card_stats[robot[0].name]) if robot else None
+        if self.stats is not None:
+            self.stats["actions"] = {k: v[: self.chunk] for k, v in self.stats["actions"].items()}
+        self.samples_per_epoch = samples_per_epoch or sum(c.num_samples or 1000 for c in self.cards)
+        self.counters: dict[str, int] = {}
+        self._per_worker: dict[int, dict[str, int]] = {}
+        if len(self.cards) > 1:  # a repeating source with no shards in some worker would never yield
+            _, world = _world()
+            need = world * max(1, num_workers)
+            for c in self.cards:
+                if c.is_local and len(shard_list(c.urls)) < need:
+                    raise CardError(f"data card '{c.name}' has {len(shard_list(c.urls))} shard(s); a mixture over "
+                                    f"{world} rank(s) × {max(1, num_workers)} worker(s) needs at least {need} per card "
+                                    f"(rewrite it with a smaller maxcount, or lower data.num_workers)")
+
+    @staticmethod
+    def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
+        """Recipe-time checks: the cards exist and are valid, their embodiments are registered."""
+        card, cards, weights = kwargs.get("card"), kwargs.get("cards"), kwargs.get("weights")
+        if (card is None) == (cards is None):
+            return ["give exactly one of card: (one data card) or cards: [...] (a mixture, with weights:)"]
+        if cards is not None and (not isinstance(cards, list) or not cards):
+            return ["cards: must be a non-empty list of data card names or paths"]
+        if weights is not None and (cards is None or len(weights) != len(cards) or any(w <= 0 for w in weights)):
+            return [f"weights: need one positive weight per entry of cards ({len(cards or [])}), got {weights}"]
+        problems, loaded = [], []
+        for key, ref in ([("card", card)] if card is not None else [(f"cards[{i}]", r) for i, r in enumerate(cards)]):
+            try:
+                loaded.append(load_card(ref))
+            except CardError as exc:
+                problems.append(f"{key}: {exc}")
+        robot = [c for c in loaded if c.kind == "robot"]
+        if loaded and not robot:
+            problems.append("cards: a mixture needs at least one robot card (kind: robot)")
+        chunk, emb = kwargs.get("chunk"), kwargs.get("embodiment")
+        for c in robot:
+            if chunk is not None and chunk > c.chunk:
+                problems.append(f"chunk: {chunk} > the {c.chunk} future actions stored per sample in card '{c.name}'")
+        if emb is not None and robot and robot[0].embodiment != emb:
+            problems.append(f"embodiment: '{emb}' but card '{robot[0].name}' holds '{robot[0].embodiment}' data")
+        return problems
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.account(batch)
+
+    def account(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Pop the worker counters a batch carries and update `.counters` (totals over workers)."""
+        snap = batch.pop("_counts", None)
+        snap_worker = snap.get("worker") if snap else None
+        if snap is not None:  # counters are cumulative per worker; a restarted worker (new epoch) starts at 0
+            last = self._per_worker.get(snap.pop("worker"), {})
+            for k, v in snap.items():
+                delta = v - last.get(k, 0) if v >= last.get(k, 0) else v
+                self.counters[k] = self.counters.get(k, 0) + delta
+            self._per_worker[snap_worker] = snap
+        return batch
+
+    @property
+    def skipped(self) -> int:
+        return self.counters.get("skipped", 0)
+
+    def observed_ratio(self) -> dict[str, float]:
+        """Fraction of samples seen per source so far (compare with the weights)."""
+        src = {k[7:]: v for k, v in self.counters.items() if k.startswith("source:")}
+        n = sum(src.values()) or 1
+        return {k: v / n for k, v in src.items()}
+
+    def dataset(self) -> _Stream:
+        return _Stream(self, self.samples_per_epoch)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset(), batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=False, pin_memory=False)
