@@ -1,0 +1,115 @@
+"""`xr0 data write|stats|inspect|from-lerobot`: get datasets into shards + cards, and check them."""
+from __future__ import annotations
+
+import json
+
+from xr0.registry import COMMANDS
+
+
+def _load_npz_episodes(folder: str):
+    """Episodes from `*.npz` files: arrays state (N,S), actions (N,A), image.<camera> (N,H,W,3) uint8, and an
+    optional 0-d string `instruction`."""
+    from pathlib import Path
+
+    import numpy as np
+
+    files = sorted(Path(folder).glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no *.npz episode files (arrays state, actions, image.<camera>, instruction)")
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            yield {"state": z["state"], "actions": z["actions"],
+                   "images": {k[6:]: z[k] for k in z.files if k.startswith("image.")},
+                   "instruction": str(z["instruction"]) if "instruction" in z.files else ""}
+
+
+def _write(args) -> int:
+    from xr0.data import write_episodes
+
+    card = write_episodes(_load_npz_episodes(args.episodes), args.out, args.embodiment, args.name, fps=args.fps,
+                          chunk=args.chunk, maxcount=args.maxcount, license=args.license, source=args.source)
+    print(f"wrote {card}")
+    return 0
+
+
+def _stats(args) -> int:
+    from xr0.data.tools import compute_stats
+
+    stats = compute_stats(args.card, reservoir=args.reservoir)
+    a = stats["actions"]
+    print(f"{int(stats['state']['count'])} samples; per-timestep action stats over {len(a['count'])} steps "
+          f"(step 0 count {int(a['count'][0])}, last step count {int(a['count'][-1])})")
+    return 0
+
+
+def _inspect(args) -> int:
+    from xr0.data.tools import inspect_card
+
+    info = inspect_card(args.card, sheet=args.sheet)
+    print(f"card        {info['card']} ({info['kind']}, embodiment {info['embodiment']})")
+    print(f"shards      {len(info['shards'])}")
+    for url, n in info["samples_per_shard"].items():
+        print(f"  {n:>7}  {url}")
+    print(f"samples     {info['samples']}")
+    print("sample      " + json.dumps(info["sample"], indent=2, default=str).replace("\n", "\n            "))
+    if "contact_sheet" in info:
+        print(f"contact sheet: {info['contact_sheet']}")
+    return 0
+
+
+def _from_lerobot(args) -> int:
+    from xr0.data.lerobot import from_lerobot
+
+    cams = dict(c.split("=", 1) for c in args.camera) if args.camera else None
+    card = from_lerobot(args.path, args.out, args.embodiment, args.name, cameras=cams, maxcount=args.maxcount)
+    print(f"wrote {card}")
+    return 0
+
+
+@COMMANDS.register("data")
+class Data:
+    """Datasets: write shards from episodes, compute stats, inspect a card, import LeRobot v3."""
+
+    @staticmethod
+    def add_arguments(p):
+        sub = p.add_subparsers(dest="data_command", metavar="VERB", required=True)
+        w = sub.add_parser("write", help="episodes (*.npz: state, actions, image.<camera>, instruction) → shards + card")
+        w.add_argument("episodes", help="folder of *.npz episode files")
+        w.add_argument("--embodiment", required=True)
+        w.add_argument("--name", required=True)
+        w.add_argument("--out", required=True, help="output folder (shards, <name>.yaml, <name>.stats.json)")
+        w.add_argument("--fps", type=float, default=None, help="default: the embodiment's control rate")
+        w.add_argument("--chunk", type=int, default=None, help="future actions per sample; default: the embodiment's")
+        w.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
+        w.add_argument("--license", default="unknown")
+        w.add_argument("--source", default="")
+        w.set_defaults(_verb=_write)
+        s = sub.add_parser("stats", help="recompute a card's statistics (streaming, per-timestep mean/std, q01/q99)")
+        s.add_argument("card")
+        s.add_argument("--reservoir", type=int, default=4096, help="samples kept per timestep for the quantiles")
+        s.set_defaults(_verb=_stats)
+        i = sub.add_parser("inspect", help="shards, sample count, one decoded sample, a contact sheet PNG")
+        i.add_argument("card")
+        i.add_argument("--sheet", default="contact_sheet.png", help="PNG path for the cameras of the first sample")
+        i.set_defaults(_verb=_inspect)
+        lr = sub.add_parser("from-lerobot", help="a local LeRobot v3 dataset → shards + card + stats")
+        lr.add_argument("path")
+        lr.add_argument("--embodiment", required=True)
+        lr.add_argument("--out", required=True)
+        lr.add_argument("--name", default=None, help="default: the dataset folder's name")
+        lr.add_argument("--camera", action="append", default=[], metavar="XR0_NAME=FEATURE",
+                        help="map a camera, e.g. scene=observation.images.top (repeatable; default: all image features)")
+        lr.add_argument("--maxcount", type=int, default=1000)
+        lr.set_defaults(_verb=_from_lerobot)
+
+    @staticmethod
+    def run(args):
+        import sys
+
+        from xr0.data.cards import CardError
+
+        try:
+            return args._verb(args)
+        except (CardError, ValueError, ImportError) as exc:  # user-fixable: say what, not a traceback
+            print(f"xr0 data {args.data_command}: error: {exc}", file=sys.stderr)
+            return 2

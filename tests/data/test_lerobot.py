@@ -1,0 +1,95 @@
+"""LeRobot v3 import on a v3 folder generated here with pyarrow (frames as `image` features, not mp4)."""
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pa = pytest.importorskip("pyarrow", reason="the LeRobot importer reads parquet with pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+
+from xr0.cli import main  # noqa: E402
+from xr0.data import load_card  # noqa: E402
+from xr0.data.module import WebDatasetData  # noqa: E402
+
+
+def _png(img):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_v3(root: Path, lengths=(7, 5), seed=0):
+    """Two episodes in one data file, as lerobot v3 lays them out (meta/info.json, tasks, data/chunk/file)."""
+    rng = np.random.default_rng(seed)
+    (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
+    (root / "data" / "chunk-000").mkdir(parents=True)
+    info = {"codebase_version": "v3.0", "fps": 30, "robot_type": "example", "total_episodes": len(lengths),
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+            "features": {"observation.state": {"dtype": "float32", "shape": [7]},
+                         "action": {"dtype": "float32", "shape": [7]},
+                         "observation.images.top": {"dtype": "image", "shape": [10, 12, 3]},
+                         "observation.images.hand": {"dtype": "image", "shape": [10, 12, 3]},
+                         "timestamp": {"dtype": "float32", "shape": [1]}, "frame_index": {"dtype": "int64", "shape": [1]},
+                         "episode_index": {"dtype": "int64", "shape": [1]}, "task_index": {"dtype": "int64", "shape": [1]}}}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    pq.write_table(pa.table({"task_index": [0, 1], "task": ["stack the cups", "open the lid"]}), root / "meta" / "tasks.parquet")
+    cols = {k: [] for k in ("episode_index", "frame_index", "timestamp", "task_index", "observation.state", "action",
+                            "observation.images.top", "observation.images.hand")}
+    truth = []
+    for e, n in enumerate(lengths):
+        state = rng.normal(size=(n, 7)).astype(np.float32)
+        action = rng.normal(size=(n, 7)).astype(np.float32)
+        truth.append((state, action))
+        for i in range(n):  # stored out of order: the importer must sort by frame_index
+            j = n - 1 - i
+            cols["episode_index"].append(e)
+            cols["frame_index"].append(j)
+            cols["timestamp"].append(j / 30)
+            cols["task_index"].append(e)
+            cols["observation.state"].append(state[j].tolist())
+            cols["action"].append(action[j].tolist())
+            for cam in ("top", "hand"):
+                img = np.full((10, 12, 3), 20 * j + (100 if cam == "hand" else 0), np.uint8)
+                cols[f"observation.images.{cam}"].append({"bytes": _png(img), "path": None})
+    pq.write_table(pa.table(cols), root / "data" / "chunk-000" / "file-000.parquet")
+    pq.write_table(pa.table({"episode_index": list(range(len(lengths))), "length": list(lengths)}),
+                   root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    return truth
+
+
+def test_from_lerobot_v3(tmp_path):
+    truth = make_v3(tmp_path / "ds")
+    assert main(["data", "from-lerobot", str(tmp_path / "ds"), "--embodiment", "libero_franka", "--out",
+                 str(tmp_path / "out"), "--camera", "agentview=observation.images.top",
+                 "--camera", "wrist=observation.images.hand"]) == 2  # libero_franka has an 8-D state
+    assert main(["data", "from-lerobot", str(tmp_path / "ds"), "--embodiment", "example_arm", "--name", "lr",
+                 "--out", str(tmp_path / "out"), "--camera", "scene=observation.images.top",
+                 "--camera", "wrist=observation.images.hand"]) == 0
+    card = load_card(tmp_path / "out" / "lr.yaml")
+    assert card.fps == 30.0 and card.num_samples == 12 and card.cameras == ("scene", "wrist")
+    dm = WebDatasetData(card=str(card.path), batch_size=12, num_workers=0, image_size=(10, 12), shuffle_buffer=0)
+    b = dm.account(next(iter(dm.train_dataloader())))
+    assert b["instruction"][:7] == ["stack the cups"] * 7 and b["instruction"][7:] == ["open the lid"] * 5
+    # the state comes back exactly (normalisation undone); frames in frame order, each camera its own stream
+    from xr0.data import load_stats
+
+    st = load_stats(card.stats_path)["state"]
+    state = b["state"][:, :7].numpy() * np.where(st["std"][:7] < 1e-6, 1, st["std"][:7]) + st["mean"][:7]
+    assert np.allclose(state, np.concatenate([truth[0][0], truth[1][0]]), atol=1e-5)
+    top = b["images"][:7, 0, 0, 0, 0].numpy() * 255
+    assert np.allclose(top, [20 * j for j in range(7)], atol=3)  # JPEG re-encoding: a few levels off at most
+    hand = b["images"][:7, 1, 0, 0, 0].numpy() * 255
+    assert np.allclose(hand, [100 + 20 * j for j in range(7)], atol=3)
+
+
+def test_older_layout_is_refused(tmp_path):
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 30, "features": {}}))
+    from xr0.data.lerobot import read_info
+
+    with pytest.raises(ValueError, match="reads v3.x"):
+        read_info(tmp_path)
