@@ -1,5 +1,4 @@
 """`xr0 data write|stats|inspect` on generated episodes."""
-import json
 import sys
 from pathlib import Path
 
@@ -7,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import episodes  # noqa: E402
+from helpers import episodes
 
 from xr0.cli import main
 from xr0.data import load_card, load_stats

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import episodes  # noqa: E402
+from helpers import episodes
 
 from xr0.data import load_card, write_episodes
 from xr0.data.cards import shard_list

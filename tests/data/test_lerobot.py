@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 pa = pytest.importorskip("pyarrow", reason="the LeRobot importer reads parquet with pyarrow")
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow.parquet as pq
 
-from xr0.cli import main  # noqa: E402
-from xr0.data import load_card  # noqa: E402
-from xr0.data.module import WebDatasetData  # noqa: E402
+from xr0.cli import main
+from xr0.data import load_card
+from xr0.data.module import WebDatasetData
 
 
 def _png(img):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import episodes  # noqa: E402
+from helpers import episodes
 
 from xr0.data import write_episodes, write_vl_samples
 from xr0.data.module import WebDatasetData

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import episodes  # noqa: E402
+from helpers import episodes
 
 import xr0.embodiments
 from xr0.data import load_card, load_stats, write_episodes

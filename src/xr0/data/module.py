@@ -45,7 +45,7 @@ def _forever(ds, name: str):
 
 
 class _Stream(IterableDataset):
-    def __init__(self, dm: "WebDatasetData", samples_per_epoch: int | None):
+    def __init__(self, dm: WebDatasetData, samples_per_epoch: int | None):
         self.dm, self.samples_per_epoch = dm, samples_per_epoch
 
     def __iter__(self):
@@ -82,8 +82,8 @@ class WebDatasetData(L.LightningDataModule):
                  image_size: Any = 224, views: int | None = None, chunk: int | None = None, seed: int = 0,
                  samples_per_epoch: int | None = None, embodiment: str | None = None):
         super().__init__()
-        problems = WebDatasetData.__xr0_validate__(dict(card=card, cards=cards, weights=weights, chunk=chunk,
-                                                        embodiment=embodiment))
+        problems = WebDatasetData.__xr0_validate__({"card": card, "cards": cards, "weights": weights,
+                                                         "chunk": chunk, "embodiment": embodiment})
         if problems:
             raise CardError("data (webdataset):\n  - " + "\n  - ".join(problems))
         refs = [card] if card is not None else list(cards)

@@ -55,7 +55,7 @@ def _check_episode(i: int, ep: dict[str, Any], emb, cameras: tuple[str, ...]) ->
         if f.dtype != np.uint8 or f.ndim != 4 or f.shape[0] != n or f.shape[-1] != 3:
             raise ValueError(f"episode {i}: images['{cam}'] must be uint8 (N={n}, H, W, 3), got {f.dtype} {f.shape}")
     if not isinstance(ep.get("instruction", ""), str):
-        raise ValueError(f"episode {i}: instruction must be a string")
+        raise TypeError(f"episode {i}: instruction must be a string")
     return n
 
 
