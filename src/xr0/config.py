@@ -89,10 +89,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> DictCon
     for item in overrides or []:
         if "=" not in item:
             raise RecipeError(f"override '{item}' is not of the form key.path=value (e.g. trainer.max_steps=10)")
-    try:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
-    except OmegaConfBaseException as exc:
-        raise RecipeError(f"bad override: {exc}") from exc
+    for item in overrides or []:
+        try:  # one at a time, so the message names the override that does not fit
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except (OmegaConfBaseException, ValueError, TypeError) as exc:
+            key = item.split("=", 1)[0]
+            raise RecipeError(f"{key}: override '{item}' does not fit the recipe ({type(exc).__name__}: {exc}); "
+                              f"e.g. a scalar cannot replace a section, nor a key index a list") from exc
     return merged
 
 

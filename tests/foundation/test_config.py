@@ -163,12 +163,13 @@ trees = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=3),
                                                       st.dictionaries(st.sampled_from(["stage", "name", "head", "mask", "data", "run", "trainer", "depth", "x"]), kids, max_size=3)),
                      max_leaves=12)
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @SETTINGS
 @given(st.lists(st.tuples(keys, values), max_size=4))
 def test_random_overrides(tmp_path, monkeypatch, pairs):
+    """Also pins the two cases hypothesis found: a list replacing a section, a key into a list."""
     make_registries(monkeypatch)
     p = write(tmp_path, "r.yaml", BASE)
     try:
@@ -187,3 +188,11 @@ def test_random_trees(tmp_path, monkeypatch, tree):
         validate(load_recipe(p))
     except RecipeError:
         pass
+
+
+@pytest.mark.parametrize("overrides", [["run=[1, 2]", "run.seed=0"], ["stage=[1, 2]"]])
+def test_overrides_that_do_not_fit_name_the_key(tmp_path, monkeypatch, overrides):
+    make_registries(monkeypatch)
+    p = write(tmp_path, "r.yaml", BASE)
+    with pytest.raises(RecipeError):
+        validate(load_recipe(p, overrides))

@@ -157,8 +157,8 @@ class PolicyServer:
                                          "server_timing": {"infer_ms": infer_ms}}
                 if prev_total_ms is not None:
                     reply["server_timing"]["prev_total_ms"] = prev_total_ms
+                self.counts["requests"] += 1  # before the reply: a client may read the counts right after it
                 await ws.send(wire.packb(reply))
-                self.counts["requests"] += 1
             except ConnectionClosed:
                 return
             except RequestError as exc:
