@@ -13,6 +13,7 @@ Adding a verb is a few lines in a module under xr0/commands/ (found automaticall
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from xr0.registry import COMMANDS
@@ -44,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args._run(args) or 0)
-    except (RecipeError, RegistryError, PluginError, FileNotFoundError) as exc:
-        print(f"xr0: error: {exc}", file=sys.stderr)
+    except (RecipeError, RegistryError, PluginError, FileNotFoundError, ValueError) as exc:
+        # xr0's own errors (bad recipe, card, checkpoint, embodiment) say what to fix: print just that
+        if os.environ.get("XR0_DEBUG"):
+            raise
+        print(f"xr0: error: {exc}\n(set XR0_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 
