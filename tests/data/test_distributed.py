@@ -70,3 +70,28 @@ def test_corrupt_shard_does_not_stop_the_epoch(eight_shards, tmp_path):
     assert 24 <= len(keys) < 32  # the 6 intact shards are read in full, the broken ones partly or not at all
     assert dm.skipped >= 2  # one skip per broken shard at least, counted
     assert dm.counters["robot"] == len(keys)
+
+
+def test_uneven_shards_give_every_rank_the_same_number_of_batches(tmp_path, monkeypatch):
+    # 32 samples, 5 per shard → 7 shards: rank 0 reads 4 shards (17 samples), rank 1 reads 3 (15). A finite
+    # epoch would give 4 and 3 batches of 4 and hang DDP; the module gives both ranks ceil(32 / 4 / 2) = 4.
+    card = write_episodes(episodes(n_eps=4, steps=8, size=8), tmp_path, "libero_franka", "u", maxcount=5,
+                          progress=False)
+    assert len(shard_list(load_card(card).urls)) == 7
+    batches, keys = {}, {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        dm = WebDatasetData(card=str(card), batch_size=4, num_workers=0, image_size=8, shuffle_buffer=0)
+        got = [dm.account(b) for b in dm.train_dataloader()]
+        batches[rank] = len(got)
+        keys[rank] = {k for b in got for k in b["__key__"]}
+    assert batches == {0: 4, 1: 4}
+    assert not keys[0] & keys[1]  # rank 1 repeats its own shards to fill its epoch, never rank 0's
+
+
+def test_too_few_shards_for_ranks_times_workers(eight_shards, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match=r"8 shard\(s\); .* 4 rank\(s\) × 3 worker\(s\) needs at least 12"):
+        WebDatasetData(card=str(eight_shards), batch_size=2, num_workers=3, image_size=8)

@@ -3,11 +3,14 @@
     data: {name: webdataset, card: libero_v1, batch_size: 32, chunk: 10}
     data: {name: webdataset, cards: [droid_v1, bridge_v1, vqa_v1], weights: [3, 3, 1], batch_size: 64}
 
-One card: a finite epoch over its shards (each rank and worker reads different shards). Several cards: each
-source repeats forever on its own shards and RandomMix draws samples by weight; an epoch is
-`samples_per_epoch` samples (default: the cards' num_samples summed). With a `kind: vl` card in the mix,
-batches come as {'robot': ..., 'vl': ...} (stage 1). Counters of skipped samples and of samples per kind
-and source are in `.counters` (updated as batches reach the main process) for the stage to log.
+One card on one rank: a finite epoch over its shards (each worker reads different shards). Several cards, or
+several ranks: each source repeats forever on this rank's and worker's shards (RandomMix draws samples by
+weight) and an epoch is `samples_per_epoch` samples (default: the cards' num_samples summed) split evenly,
+so every rank yields the same number of batches — uneven shards would otherwise leave one DDP rank waiting
+in an all-reduce for a batch that never comes. With a `kind: vl` card in the mix, batches come as
+{'robot': ..., 'vl': ...} (stage 1). Counters of skipped samples and of samples per kind and source are in
+`.counters` (updated as batches reach the main process); `.metrics()` gives them as `data/...` scalars, which
+the module also writes to the trainer's loggers every `log_every_n_steps`.
 """
 from __future__ import annotations
 
@@ -64,10 +67,11 @@ class _Stream(IterableDataset):
                 tf = RobotTransform(card, dm.card_stats[card.name], dm.chunk, dm.image_size, dm.views, counts)
             streams.append(card_stream(card, tf, counts, dm.shuffle_buffer, dm.shard_shuffle,
                                        dm.seed + 1000 * rank + 100 * i + (info.id if info else 0)))
-        if len(streams) == 1:
+        if len(streams) == 1 and world == 1:
             mixed, max_batches = iter(streams[0]), None
         else:
-            mixed = iter(wds.RandomMix([_forever(s, c.name) for s, c in zip(streams, dm.cards)], dm.weights))
+            forever = [_forever(s, c.name) for s, c in zip(streams, dm.cards)]
+            mixed = iter(wds.RandomMix(forever, dm.weights)) if len(forever) > 1 else forever[0]
             workers = max(1, info.num_workers if info else 1)
             max_batches = max(1, math.ceil(self.samples_per_epoch / dm.batch_size / world / workers))
         yield from Batcher(dm.batch_size, dm.with_vl, counts, max_batches)(mixed)
@@ -107,12 +111,12 @@ class WebDatasetData(L.LightningDataModule):
         self.samples_per_epoch = samples_per_epoch or sum(c.num_samples or 1000 for c in self.cards)
         self.counters: dict[str, int] = {}
         self._per_worker: dict[int, dict[str, int]] = {}
-        if len(self.cards) > 1:  # a repeating source with no shards in some worker would never yield
-            _, world = _world()
+        _, world = _world()
+        if len(self.cards) > 1 or world > 1:  # a repeating source with no shards in some worker would never yield
             need = world * max(1, num_workers)
             for c in self.cards:
                 if c.is_local and len(shard_list(c.urls)) < need:
-                    raise CardError(f"data card '{c.name}' has {len(shard_list(c.urls))} shard(s); a mixture over "
+                    raise CardError(f"data card '{c.name}' has {len(shard_list(c.urls))} shard(s); streaming it over "
                                     f"{world} rank(s) × {max(1, num_workers)} worker(s) needs at least {need} per card "
                                     f"(rewrite it with a smaller maxcount, or lower data.num_workers)")
 
@@ -144,7 +148,19 @@ class WebDatasetData(L.LightningDataModule):
         return problems
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return self.account(batch)
+        batch = self.account(batch)
+        trainer = self.trainer
+        if trainer is not None and trainer.loggers and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            for logger in trainer.loggers:  # a datamodule cannot self.log(); loggers take scalars directly
+                logger.log_metrics(self.metrics(), step=trainer.global_step)
+        return batch
+
+    def metrics(self) -> dict[str, float]:
+        """`data/skipped` (corrupt samples so far), `data/samples/<kind>`, and `data/ratio/<source>`."""
+        out = {"data/skipped": float(self.skipped)}
+        out.update({f"data/samples/{k}": float(self.counters.get(k, 0)) for k in ("robot", "vl")})
+        out.update({f"data/ratio/{k}": v for k, v in self.observed_ratio().items()})
+        return out
 
     def account(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Pop the worker counters a batch carries and update `.counters` (totals over workers)."""
