@@ -1,8 +1,12 @@
 """`synthetic`: learnable generated batches with no files (stage tests, tiny recipes, CPU smoke runs).
 
 Robot samples: the action chunk is a fixed smooth function of the state and the instruction, so an overfit
-test sees the loss fall. With vl_ratio > 0 each batch also carries a vision-language sub-batch
-(`{'robot': {...}, 'vl': {...}}`) whose answers are read off the sample (the sign of the first state dim).
+test sees the loss fall. With `embodiment:` the action/state dims sit at that robot's canonical slots and
+chunk/views default to its chunk length and camera count.
+Which kind a batch is: a flat dict (robot only, the contract in xr0/types.py) when vl_ratio == 0, else
+{'robot': {...}, 'vl': {...}} — the same shapes the `webdataset` builder gives for a robot + VL mixture;
+the VL sub-batch also carries `kind: ['vl', ...]`; round(batch_size * vl_ratio) VL samples per batch, whose
+answers are read off the image's sample (the sign of the first state dim), so they are learnable too.
 """
 from __future__ import annotations
 
@@ -19,19 +23,23 @@ INSTRUCTIONS = ["pick up the block", "open the drawer", "push the button", "reac
 
 
 class _Robot(Dataset):
-    def __init__(self, n: int, chunk: int, views: int, size: int, dims: int, seed: int):
+    def __init__(self, n: int, chunk: int, views: int, size: int, slots: list[int], state_slots: list[int],
+                 seed: int, embodiment: str):
         g = torch.Generator().manual_seed(seed)
+        dims = len(slots)
+        raw_state = torch.randn(n, len(state_slots), generator=g)
         self.state = torch.zeros(n, ACTION_DIM)
-        self.state[:, :dims] = torch.randn(n, dims, generator=g)
+        self.state[:, state_slots] = raw_state
         self.instr = torch.randint(len(INSTRUCTIONS), (n,), generator=g)
-        w = torch.randn(len(INSTRUCTIONS), dims, dims, generator=g) / dims ** 0.5
+        w = torch.randn(len(INSTRUCTIONS), len(state_slots), dims, generator=g) / len(state_slots) ** 0.5
         phase = torch.linspace(0, 1, chunk)[None, :, None]  # (1,T,1)
-        drive = torch.einsum("nd,nde->ne", self.state[:, :dims], w[self.instr])  # (N,dims)
+        drive = torch.einsum("nd,nde->ne", raw_state, w[self.instr])  # (N,dims)
         self.actions = torch.zeros(n, chunk, ACTION_DIM)
-        self.actions[..., :dims] = torch.tanh(drive[:, None, :] * (1 + phase))  # (N,T,dims)
+        self.actions[..., slots] = torch.tanh(drive[:, None, :] * (1 + phase))  # (N,T,dims)
         self.images = torch.rand(n, views, 3, size, size, generator=g)
         self.action_mask = torch.zeros(ACTION_DIM, dtype=torch.bool)
-        self.action_mask[:dims] = True
+        self.action_mask[slots] = True
+        self.embodiment = embodiment
 
     def __len__(self) -> int:
         return self.state.shape[0]
@@ -41,7 +49,7 @@ class _Robot(Dataset):
         return {"images": self.images[i], "image_mask": torch.ones(self.images.shape[1], dtype=torch.bool),
                 "instruction": INSTRUCTIONS[int(self.instr[i])], "state": self.state[i], "actions": self.actions[i],
                 "action_mask": self.action_mask, "chunk_mask": torch.ones(t, dtype=torch.bool),
-                "embodiment": "synthetic", "index": i}
+                "embodiment": self.embodiment, "index": i}
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -56,15 +64,27 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 class SyntheticData(L.LightningDataModule):
     """Generated robot (+ optional vision-language) batches with a learnable action function; no files."""
 
-    def __init__(self, batch_size: int = 8, num_samples: int = 64, chunk: int = 10, views: int = 1,
-                 image_size: int = 56, action_dims: int = 7, vl_ratio: float = 0.0, seed: int = 0,
+    def __init__(self, batch_size: int = 8, num_samples: int = 64, chunk: int | None = None, views: int | None = None,
+                 image_size: int = 56, action_dims: int | None = None, vl_ratio: float = 0.0, seed: int = 0,
                  embodiment: str | None = None):
         super().__init__()
-        if not 1 <= action_dims <= ACTION_DIM:
-            raise ValueError(f"data.action_dims must be in 1..{ACTION_DIM}, got {action_dims}")
+        emb = None
+        if embodiment is not None:  # the embodiment's dims, slots, cameras and chunk, unless given here
+            from xr0 import embodiments
+
+            emb = embodiments.get(embodiment)
+            if action_dims is not None and action_dims != emb.action_dim:
+                raise ValueError(f"data.action_dims={action_dims} but embodiment '{embodiment}' has {emb.action_dim} "
+                                 f"action dims; drop data.action_dims")
+        dims = emb.action_dim if emb else (action_dims or 7)
+        if not 1 <= dims <= ACTION_DIM:
+            raise ValueError(f"data.action_dims must be in 1..{ACTION_DIM}, got {dims}")
+        slots = list(emb.slots("action")) if emb else list(range(dims))
+        state_slots = list(emb.slots("state")) if emb and emb.state_dim else slots
         self.batch_size, self.vl_ratio = batch_size, vl_ratio
-        self.embodiment = embodiment or "synthetic"
-        self.robot = _Robot(num_samples, chunk, views, image_size, action_dims, seed)
+        self.embodiment = emb.name if emb else "synthetic"
+        self.robot = _Robot(num_samples, chunk or (emb.chunk if emb else 10), views or (len(emb.cameras) if emb else 1),
+                            image_size, slots, state_slots, seed, self.embodiment)
         zeros, ones = [0.0] * ACTION_DIM, [1.0] * ACTION_DIM
         self.stats = {"state": {"mean": zeros, "std": ones}, "actions": {"mean": zeros, "std": ones},
                       "action_mask": self.robot.action_mask.tolist()}
