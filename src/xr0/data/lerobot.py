@@ -58,6 +58,8 @@ def _episode_meta(root: Path) -> dict[int, dict[str, Any]]:
 
 
 def _video_frames(path: Path, timestamps: np.ndarray) -> np.ndarray:
+    """Frames of `path` nearest to `timestamps` (seconds in the file). v3 files hold many episodes back to
+    back, so seek to the episode's first timestamp and stop decoding one frame past its last."""
     try:
         import av
     except ImportError as exc:
@@ -67,9 +69,21 @@ def _video_frames(path: Path, timestamps: np.ndarray) -> np.ndarray:
     frames, stamps = [], []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        tb = float(stream.time_base)
+        rate = float(stream.average_rate or 30)
+        start, stop = float(timestamps[0]) - 1.0 / rate, float(timestamps[-1]) + 1.0 / rate
+        if start > 0:  # lands on the keyframe at or before `start`; frames before it are dropped below
+            container.seek(int(start / tb), stream=stream, backward=True, any_frame=False)
         for fr in container.decode(stream):
+            t = float(fr.pts * tb)
+            if t < start:
+                continue
             frames.append(fr.to_ndarray(format="rgb24"))
-            stamps.append(float(fr.pts * stream.time_base))
+            stamps.append(t)
+            if t > stop:
+                break
+    if not frames:
+        raise ValueError(f"{path}: no video frames between {timestamps[0]:.3f} s and {timestamps[-1]:.3f} s")
     return resample(np.asarray(stamps), np.stack(frames), timestamps)
 
 
