@@ -35,24 +35,6 @@ def _run_dir(run: RunConfig, resume: str | None) -> Path:
     return out
 
 
-def DataCounters():  # noqa: N802 - a callback factory, so importing xr0.run does not import lightning
-    """Log what the data module counts (skipped corrupt samples, samples per source/kind) every step."""
-    import lightning as L
-
-    class _DataCounters(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            dm = trainer.datamodule
-            if dm is None or not hasattr(dm, "counters"):
-                return
-            logs = {"data/skipped": float(dm.skipped)} if hasattr(dm, "skipped") else {}
-            ratio = dm.observed_ratio() if hasattr(dm, "observed_ratio") else {}
-            logs.update({f"data/ratio_{k}": float(v) for k, v in ratio.items()})
-            if logs:
-                pl_module.log_dict(logs, on_step=True, on_epoch=False)
-
-    return _DataCounters()
-
-
 def build_trainer(tree: dict[str, Any], module: Any, out: Path, callbacks: list | None = None, **extra: Any):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor
@@ -63,7 +45,7 @@ def build_trainer(tree: dict[str, Any], module: Any, out: Path, callbacks: list 
 
     run = run_config(tree)
     kwargs = dict(tree.get("trainer") or {})
-    callbacks = list(callbacks or []) + [DataCounters()]
+    callbacks = list(callbacks or [])
     kwargs.update(extra)
     if "strategy" in kwargs:
         kwargs["strategy"] = make_strategy(kwargs["strategy"], module, run.activation_checkpointing)
