@@ -72,7 +72,7 @@ def test_round_trip_reproduces_actions(written):
 def test_reader_chunk_shorter_than_stored(written):
     _, card_path = written
     dm = WebDatasetData(card=str(card_path), batch_size=6, num_workers=0, image_size=8, chunk=4, shuffle_buffer=0)
-    b = next(iter(dm.train_dataloader()))
+    b = dm.account(next(iter(dm.train_dataloader())))
     assert b["actions"].shape == (6, 4, 32) and b["images"].shape == (6, 2, 3, 8, 8)
     assert np.asarray(dm.stats["actions"]["mean"]).shape == (4, 32)
 

@@ -22,7 +22,7 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from xr0.data.cards import CardError, DataCard, load_card, shard_list
-from xr0.data.reader import Batcher, Counts, RobotTransform, VLTransform, card_stream
+from xr0.data.reader import Batcher, Counts, RobotTransform, VLTransform, card_stream, finish_images
 from xr0.data.stats import for_checkpoint, load_stats
 from xr0.registry import DATASETS
 
@@ -163,7 +163,10 @@ class WebDatasetData(L.LightningDataModule):
         return out
 
     def account(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Pop the worker counters a batch carries and update `.counters` (totals over workers)."""
+        """Finish a batch from the loader: pop the worker counters it carries into `.counters` (totals over
+        workers) and turn its uint8 images into the contract's float (B, V, 3, H, W) in [0, 1]. Lightning calls it
+        (on_after_batch_transfer); call it yourself when iterating train_dataloader() by hand."""
+        finish_images(batch)
         snap = batch.pop("_counts", None)
         snap_worker = snap.get("worker") if snap else None
         if snap is not None:  # counters are cumulative per worker; a restarted worker (new epoch) starts at 0

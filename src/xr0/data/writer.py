@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from PIL import Image
 
 from xr0.data.cards import DataCard, write_card
 from xr0.data.stats import StatsAccumulator, save_stats
+
+
+# GNU tar headers with an integer mtime: the default (PAX + float time.time()) adds a pax header to every
+# member, which costs the reader a third of its tar parsing, and makes shards differ from run to run.
+TAR = {"format": "GNU_FORMAT", "mtime": 0}
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 95) -> bytes:
@@ -83,7 +89,7 @@ def write_episodes(episodes: Iterable[dict[str, Any]], out_dir: str | Path, embo
     count, n_eps = 0, 0
     pattern = str(out / f"{name}-%06d.tar")
     bar = tqdm(desc=f"write {name}", unit="sample", disable=not progress)
-    with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0) as sink:
+    with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0, **TAR) as sink:
         for i, ep in enumerate(episodes):
             n = _check_episode(i, ep, emb, cams)
             state = np.asarray(ep["state"], np.float32)
@@ -136,7 +142,7 @@ def write_vl_samples(samples: Iterable[dict[str, Any]], out_dir: str | Path, nam
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     count = 0
-    with wds.ShardWriter(str(out / f"{name}-%06d.tar"), maxcount=maxcount, verbose=0) as sink:
+    with wds.ShardWriter(str(out / f"{name}-%06d.tar"), maxcount=maxcount, verbose=0, **TAR) as sink:
         for i, s in enumerate(tqdm(samples, desc=f"write {name}", unit="sample", disable=not progress)):
             images = s["image"] if isinstance(s["image"], list) else [s["image"]]
             meta = {k: s[k] for k in ("prompt", "answer", "conversations") if k in s}
