@@ -110,7 +110,7 @@ def breakdown(dm, n: int) -> None:
     for _ in range(10):
         finish_images({"images": x})
     t_float = (time.perf_counter() - t0) / 10 / 32 * len(raw)
-    ms = lambda t: 1000 * t / len(raw)  # noqa: E731
+    ms = lambda t: 1000 * t / len(raw)
     print(f"uint8 → float images on CPU (main process, --cpu-float): {ms(t_float):.2f} ms per sample")
     print(f"per sample, one process: tar read {ms(t_read):.2f} ms, JPEG decode ({len(cams)} cams) {ms(t_jpeg):.2f} ms, "
           f"whole transform {ms(t_tf):.2f} ms (incl. the decode) → {1000 / (ms(t_read) + ms(t_tf)):.0f} samples/s per core")

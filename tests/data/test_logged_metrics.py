@@ -10,7 +10,7 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import episodes  # noqa: E402
+from helpers import episodes
 
 from xr0.data import load_card, write_episodes
 from xr0.data.cards import shard_list
@@ -49,7 +49,8 @@ def test_fit_logs_skips_of_a_corrupt_shard(tmp_path):
     assert len(probe.batch_keys) == 6  # 12 intact samples in batches of 2: the epoch ran to its end
     assert all("_counts" not in k for k in probe.batch_keys)  # the stage never sees the counters
     assert dm.skipped >= 1 and dm.metrics()["data/skipped"] == dm.skipped
-    rows = list(csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")))
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     logged = [float(r["data/skipped"]) for r in rows if r.get("data/skipped")]
     assert logged and logged[-1] >= 1
     assert max(float(r["data/samples/robot"]) for r in rows if r.get("data/samples/robot")) >= 10

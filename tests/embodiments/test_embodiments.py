@@ -11,8 +11,8 @@ STOCK = {"libero_franka": (7, 10), "calvin": (7, 10), "simpler_widowx": (7, 4), 
 
 
 def _arm(**kw):
-    base = dict(name="t", action_names=("a", "b", "g"), state_names=("a", "b", "g"), cameras=("c",),
-                control_hz=10.0, chunk=5, action_low=(-1.0,) * 3, action_high=(1.0,) * 3)
+    base = {"name": "t", "action_names": ("a", "b", "g"), "state_names": ("a", "b", "g"), "cameras": ("c",),
+                "control_hz": 10.0, "chunk": 5, "action_low": (-1.0,) * 3, "action_high": (1.0,) * 3}
     return Embodiment(**{**base, **kw})
 
 
@@ -55,17 +55,17 @@ def test_bimanual_grippers_absolute_joints_relative():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(action_low=(-1.0,) * 2), "action_low: 2 values for 3 action dims"),
-    (dict(action_high=(1.0, -2.0, 1.0)), "action_low must be below action_high"),
-    (dict(action_names=("a", "a", "g")), "duplicate names"),
-    (dict(relative=(True,)), "relative: 1 flags for 3 action dims"),
-    (dict(relative=(True, True, True), state_names=("g",)), "need relative_state_index"),
-    (dict(action_slots=(0, 0, 1)), "action_slots: must be 3 distinct indices"),
-    (dict(action_slots=(0, 1, 32)), "action_slots: must be 3 distinct indices in 0..31"),
-    (dict(control_hz=0.0), "control_hz must be positive"),
-    (dict(chunk=0), "chunk must be >= 1"),
-    (dict(cameras=()), "name at least one camera"),
-    (dict(action_names=tuple(f"j{i}" for i in range(33)), action_low=(-1.0,) * 33, action_high=(1.0,) * 33),
+    ({"action_low": (-1.0,) * 2}, "action_low: 2 values for 3 action dims"),
+    ({"action_high": (1.0, -2.0, 1.0)}, "action_low must be below action_high"),
+    ({"action_names": ("a", "a", "g")}, "duplicate names"),
+    ({"relative": (True,)}, "relative: 1 flags for 3 action dims"),
+    ({"relative": (True, True, True), "state_names": ("g",)}, "need relative_state_index"),
+    ({"action_slots": (0, 0, 1)}, "action_slots: must be 3 distinct indices"),
+    ({"action_slots": (0, 1, 32)}, "action_slots: must be 3 distinct indices in 0..31"),
+    ({"control_hz": 0.0}, "control_hz must be positive"),
+    ({"chunk": 0}, "chunk must be >= 1"),
+    ({"cameras": ()}, "name at least one camera"),
+    ({"action_names": tuple(f"j{i}" for i in range(33)), "action_low": (-1.0,) * 33, "action_high": (1.0,) * 33},
      "33 dims; must be 1..32"),
 ])
 def test_check_names_the_problem(kw, msg):

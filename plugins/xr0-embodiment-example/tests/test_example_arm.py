@@ -1,10 +1,10 @@
 from pathlib import Path
 
 import numpy as np
+from xr0_embodiment_example import ExampleArm
 
 import xr0.embodiments
 from xr0.config import load_recipe, validate
-from xr0_embodiment_example import ExampleArm
 
 
 def test_example_arm_conforms():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from PIL import Image
 
 from xr0.data.cards import DataCard, write_card
 from xr0.data.stats import StatsAccumulator, save_stats
-
 
 # GNU tar headers with an integer mtime: the default (PAX + float time.time()) adds a pax header to every
 # member, which costs the reader a third of its tar parsing, and makes shards differ from run to run.
