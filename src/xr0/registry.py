@@ -21,7 +21,9 @@ _package_dists: dict[str, list[str]] | None = None
 def _origin_of(obj: Any) -> str:
     global _package_dists
     top = (getattr(obj, "__module__", None) or "").split(".")[0]
-    if top in ("xr0", "", "__main__") or top.startswith("test"):
+    if top == "xr0":
+        return "xr0"
+    if top in ("", "__main__") or top.startswith("test"):
         return _current_origin[-1]
     if _package_dists is None:
         from importlib.metadata import packages_distributions
