@@ -152,7 +152,7 @@ def simpler_widowx() -> Embodiment:
 
 @EMBODIMENTS.register("bimanual_30hz")
 def bimanual_30hz() -> Embodiment:
-    """A 30 Hz bimanual arm: 2 × (6 joints + gripper) = 14-D absolute joints, 3 cameras, chunk 30 (1 s)."""
+    """A 30 Hz bimanual arm: 2 × (6 joints + gripper) = 14-D, joints relative to frame t, 3 cameras, chunk 30 (1 s)."""
     names = tuple(f"{side}_{j}" for side in ("left", "right") for j in (*[f"joint{i}" for i in range(6)], "gripper"))
     return Embodiment(name="bimanual_30hz", action_names=names, state_names=names,
                       cameras=("head", "left_wrist", "right_wrist"), control_hz=30.0, chunk=30,
