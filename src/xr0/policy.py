@@ -17,8 +17,12 @@ REWEIGHT_CLAMP = (0.5, 5.0)  # SPEC §2 stage 3
 
 
 class Policy(nn.Module):
+    """VLM backbone + action head (DiT), with the DiT mask and the τ sampler; not a registered component."""
+
     def __init__(self, backbone: nn.Module, head: nn.Module, mask: Any, tau_sampler: Any, flow_steps: int = 5):
         super().__init__()
+        if flow_steps < 1:
+            raise ValueError(f"flow_steps must be >= 1, got {flow_steps}")
         self.backbone, self.head, self.mask, self.tau_sampler = backbone, head, mask, tau_sampler
         self.flow_steps = flow_steps
         if hasattr(head, "check_backbone"):
@@ -81,17 +85,20 @@ class Policy(nn.Module):
         weight = torch.ones_like(a)
         if reweight and prefix_len is not None and bool((prefix_len > 0).any()):
             weight = self._reweight(ctx, batch, prefix_len, valid)
-        losses = []
+        losses, mses = [], []
+        n_valid = valid.sum().clamp_min(1)
         for _ in range(repeat):
-            eps = torch.randn_like(a)
-            tau = flow.token_tau(self.tau_sampler(b, device=a.device).to(a.dtype), is_prefix, self.head.prefix_tau)
-            x = torch.where(is_prefix[..., None], a, flow.interpolate(a, eps, tau))  # prefix stays clean
-            u = torch.where(is_prefix[..., None], torch.zeros_like(a), flow.target_velocity(a, eps))
-            v = self.velocity(ctx, batch, x, tau, prefix_len, training=self.training)
-            err = weight * (v - u).pow(2) * valid
-            losses.append(err.sum() / valid.sum().clamp_min(1))
+            eps = torch.randn_like(a)  # (B,T,A)
+            tau = flow.token_tau(self.tau_sampler(b, device=a.device).to(a.dtype), is_prefix, self.head.prefix_tau)  # (B,T)
+            x = torch.where(is_prefix[..., None], a, flow.interpolate(a, eps, tau))  # (B,T,A) prefix stays clean
+            u = torch.where(is_prefix[..., None], torch.zeros_like(a), flow.target_velocity(a, eps))  # (B,T,A)
+            v = self.velocity(ctx, batch, x, tau, prefix_len, training=self.training)  # (B,T,A)
+            sq = (v - u).pow(2) * valid  # (B,T,A)
+            losses.append((weight * sq).sum() / n_valid)
+            mses.append(sq.detach().sum() / n_valid)
         loss = torch.stack(losses).mean()
-        return {"loss": loss, "mse": loss.detach(), "weight_mean": (weight * valid).sum().detach() / valid.sum().clamp_min(1),
+        return {"loss": loss, "mse": torch.stack(mses).mean(),
+                "weight_mean": (weight * valid).sum().detach() / n_valid,
                 "valid_frac": valid.float().mean().detach()}
 
     @torch.no_grad()
@@ -107,6 +114,7 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that take gradients (the DiT; the VLM too unless frozen; LoRA adapters only under LoRA)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def fsdp_wrap_modules(self) -> set[type]:

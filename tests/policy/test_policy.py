@@ -1,0 +1,227 @@
+"""Policy: predict_chunk (VLM once, prefix fixed), flow_loss (masks, prefix, repeat, re-weighting), gradients.
+
+A contract-shaped stand-in backbone keeps these fast; test_policy_qwen3vl.py repeats the key checks on the real
+tiny Qwen3-VL."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from xr0 import flow
+from xr0.heads.dit import DiT
+from xr0.masks import Causal, Lambda
+from xr0.policy import Policy
+from xr0.samplers import BetaTau
+from xr0.types import VLMContext
+
+HD, B, T = 8, 2, 6
+
+
+class StandInBackbone(nn.Module):
+    """Mean image colour + character embedding → per-layer K/V; counts VLM forwards."""
+
+    def __init__(self, layers=2, kv_heads=2, hidden=16, frozen=False):
+        super().__init__()
+        self.hidden_size, self.num_layers, self.num_kv_heads, self.head_dim = hidden, layers, kv_heads, HD
+        self.frozen, self.calls = frozen, 0
+        self.embed = nn.Embedding(128, hidden)
+        self.img = nn.Linear(3, hidden)
+        self.kv = nn.ModuleList(nn.Linear(hidden, 2 * kv_heads * HD) for _ in range(layers))
+        if frozen:
+            self.requires_grad_(False)
+
+    def prepare(self, images, image_mask, texts, answers=None):
+        ids = torch.tensor([[ord(c) % 128 for c in t[:4].ljust(4)] for t in texts])
+        return {"ids": ids, "pix": images.mean(dim=(1, 3, 4))}
+
+    def rope(self, pos):
+        inv = 1.0 / (1e4 ** (torch.arange(0, HD, 2).float() / HD))
+        emb = torch.cat([pos.float()[..., None] * inv] * 2, -1)
+        return emb.cos(), emb.sin()
+
+    def context(self, inputs, num_layers, extra_embeds=None):
+        self.calls += 1
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            x = self.embed(inputs["ids"]) + self.img(inputs["pix"])[:, None]  # (B,S,H)
+            b, s, _ = x.shape
+            kvs = [kv(x).view(b, s, 2, self.num_kv_heads, HD).permute(2, 0, 3, 1, 4) for kv in self.kv]
+        kvs = kvs[-num_layers:]
+        mask = torch.ones(b, s, dtype=torch.bool)
+        return VLMContext(keys=[k for k, _ in kvs], values=[v for _, v in kvs], attention_mask=mask,
+                          next_position=mask.sum(1), rope=self.rope, hidden=x)
+
+
+class FixedTau:
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, batch_size, device=None):
+        return torch.full((batch_size,), self.value, device=device)
+
+
+def make_policy(mask=None, tau_sampler=None, frozen=False, prefix_tau="one", rope_offset=10, seed=0):
+    torch.manual_seed(seed)
+    head = DiT(width=16, depth=2, num_heads=2, head_dim=HD, chunk=T, rope_offset=rope_offset, prefix_tau=prefix_tau)
+    with torch.no_grad():  # away from adaLN-zero so outputs depend on everything
+        for p in head.parameters():
+            p.normal_(0, 0.2)
+    return Policy(StandInBackbone(frozen=frozen), head, mask or Causal(), tau_sampler or BetaTau()).eval()
+
+
+def make_batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    action_mask = torch.zeros(B, 32, dtype=torch.bool)
+    action_mask[:, :7] = True
+    chunk_mask = torch.ones(B, T, dtype=torch.bool)
+    chunk_mask[1, -2:] = False  # sample 1's episode ends early
+    return {"images": torch.rand(B, 2, 3, 8, 8, generator=g), "image_mask": torch.ones(B, 2, dtype=torch.bool),
+            "instruction": ["pick", "place"], "state": torch.randn(B, 32, generator=g),
+            "actions": torch.randn(B, T, 32, generator=g) * action_mask[:, None], "action_mask": action_mask,
+            "chunk_mask": chunk_mask}
+
+
+def test_predict_chunk_runs_the_vlm_once_for_five_steps():
+    policy, batch = make_policy(), make_batch()
+    dit_calls = []
+    policy.head.register_forward_hook(lambda *a: dit_calls.append(1))
+    out = policy.predict_chunk(batch, steps=5)
+    assert out.shape == (B, T, 32)
+    assert policy.backbone.calls == 1 and len(dit_calls) == 5
+    assert (out[:, :, 7:] == 0).all() and out[:, :, :7].abs().sum() > 0  # invalid dims are zero
+
+
+def test_predict_chunk_keeps_the_prefix_and_conditions_on_it():
+    policy, batch = make_policy(mask=Lambda()), make_batch()
+    prefix = torch.randn(B, 3, 32) * batch["action_mask"][:, None]
+    torch.manual_seed(5)
+    out = policy.predict_chunk(batch, prefix=prefix)
+    assert torch.equal(out[:, :3], prefix)
+    torch.manual_seed(5)
+    other = policy.predict_chunk(batch, prefix=prefix + 1.0 * batch["action_mask"][:, None])
+    assert not torch.allclose(other[:, 3:], out[:, 3:], atol=1e-5)  # the rest depends on the prefix
+    with pytest.raises(ValueError, match="longer than the chunk"):
+        policy.predict_chunk(batch, prefix=torch.zeros(B, T + 1, 32))
+
+
+def _expected_loss(policy, batch, ctx, tau_value, prefix_len, seed, weight=None):
+    """The flow-matching loss written out from SPEC §1.4 / §2 stage 3, replaying the policy's random draws."""
+    a = batch["actions"]
+    torch.manual_seed(seed)
+    eps = torch.randn_like(a)
+    is_prefix = torch.arange(T)[None] < (prefix_len if prefix_len is not None else torch.zeros(B))[:, None]
+    tau = torch.where(is_prefix, 1.0, tau_value)  # prefix_tau: one
+    x = torch.where(is_prefix[..., None], a, tau[..., None] * a + (1 - tau[..., None]) * eps)
+    u = torch.where(is_prefix[..., None], 0.0, a - eps)
+    v = policy.velocity(ctx, batch, x, tau, prefix_len)
+    valid = batch["action_mask"][:, None, :] & (batch["chunk_mask"] & ~is_prefix)[..., None]
+    w = torch.ones_like(a) if weight is None else weight
+    return ((w * (v - u) ** 2)[valid]).mean()
+
+
+@pytest.mark.parametrize("prefix_len", [None, torch.tensor([2, 0])])
+def test_flow_loss_is_mse_over_valid_non_prefix_elements(prefix_len):
+    policy, batch = make_policy(tau_sampler=FixedTau(0.3)), make_batch()
+    ctx = policy.context(batch)
+    torch.manual_seed(7)
+    out = policy.flow_loss(batch, ctx, prefix_len=prefix_len)
+    exp = _expected_loss(policy, batch, ctx, 0.3, prefix_len, seed=7)
+    assert torch.allclose(out["loss"], exp, atol=1e-6) and torch.allclose(out["mse"], exp, atol=1e-6)
+
+
+def test_flow_loss_ignores_padded_dims_and_steps_past_the_episode_end():
+    policy, batch = make_policy(tau_sampler=FixedTau(0.5)), make_batch()
+    ctx = policy.context(batch)
+    torch.manual_seed(3)
+    ref = policy.flow_loss(batch, ctx)["loss"]
+    junk = {**batch, "actions": batch["actions"].clone()}
+    junk["actions"][:, :, 10:] = 50.0  # padded dims
+    junk["actions"][1, -2:] = 50.0  # past sample 1's end (causal mask: no earlier token sees them)
+    torch.manual_seed(3)
+    assert torch.allclose(policy.flow_loss(junk, ctx)["loss"], ref, atol=1e-6)
+
+
+def test_repeat_draws_share_one_vlm_context():
+    policy, batch = make_policy(), make_batch()
+    calls = []
+    policy.head.register_forward_hook(lambda *a: calls.append(1))
+    ctx = policy.context(batch)
+    torch.manual_seed(0)
+    out = policy.flow_loss(batch, ctx, repeat=4)
+    assert policy.backbone.calls == 1 and len(calls) == 4
+    torch.manual_seed(0)
+    singles = []
+    for _ in range(4):
+        singles.append(policy.flow_loss(batch, ctx)["loss"])
+    assert torch.allclose(out["loss"], torch.stack(singles).mean(), atol=1e-6)
+
+
+def test_reweighting_follows_the_generation_error_and_only_with_a_prefix():
+    policy, batch = make_policy(tau_sampler=FixedTau(0.4), mask=Lambda()), make_batch()
+    ctx = policy.context(batch)
+    plen = torch.tensor([3, 0])
+    torch.manual_seed(11)
+    out = policy.flow_loss(batch, ctx, prefix_len=plen, reweight=True)
+    # replay: the 5-step generation with the same prefix draws its noise first, then the loss draws ε
+    a = batch["actions"]
+    torch.manual_seed(11)
+    noise = torch.randn(B, T, 32)
+    a_hat = policy.sample(ctx, batch, prefix=a, prefix_len=plen, steps=5, noise=noise)
+    is_prefix = torch.arange(T)[None] < plen[:, None]
+    valid = batch["action_mask"][:, None, :] & (batch["chunk_mask"] & ~is_prefix)[..., None]
+    err = (a_hat - a).abs()
+    w = torch.ones_like(a)
+    w[0] = (err[0] / err[0][valid[0]].mean()).clamp(0.5, 5.0)  # sample 1 has no prefix: weight 1
+    eps = torch.randn_like(a)  # the same random stream continues
+    tau = torch.where(is_prefix, 1.0, 0.4)
+    x = torch.where(is_prefix[..., None], a, tau[..., None] * a + (1 - tau[..., None]) * eps)
+    u = torch.where(is_prefix[..., None], 0.0, a - eps)
+    v = policy.velocity(ctx, batch, x, tau, plen)
+    exp = ((w * (v - u) ** 2)[valid]).mean()
+    assert torch.allclose(out["loss"], exp, atol=1e-6)
+    assert w[0][valid[0]].min() >= 0.5 and w[0][valid[0]].max() <= 5.0 and not torch.allclose(w[0], torch.ones(T, 32))
+    # no sample with a prefix: re-weighting changes nothing
+    torch.manual_seed(2)
+    plain = policy.flow_loss(batch, ctx, prefix_len=torch.zeros(B, dtype=torch.long))["loss"]
+    torch.manual_seed(2)
+    rw = policy.flow_loss(batch, ctx, prefix_len=torch.zeros(B, dtype=torch.long), reweight=True)["loss"]
+    assert torch.allclose(plain, rw)
+
+
+def test_shared_prefix_tau_gives_prefix_tokens_the_noisy_tau():
+    seen = []
+    policy, batch = make_policy(prefix_tau="shared", tau_sampler=FixedTau(0.2)), make_batch()
+    policy.head.register_forward_hook(lambda m, args, kw, out: seen.append(kw.get("tau", args[3])), with_kwargs=True)
+    policy.flow_loss(batch, policy.context(batch), prefix_len=torch.tensor([2, 4]))
+    assert torch.allclose(seen[0], torch.full((B, T), 0.2))
+    seen.clear()
+    one = make_policy(prefix_tau="one", tau_sampler=FixedTau(0.2))
+    one.head.register_forward_hook(lambda m, args, kw, out: seen.append(kw.get("tau", args[3])), with_kwargs=True)
+    one.flow_loss(batch, one.context(batch), prefix_len=torch.tensor([2, 4]))
+    assert seen[0][0].tolist() == pytest.approx([1, 1, 0.2, 0.2, 0.2, 0.2])
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_gradients_reach_the_vlm_only_when_unfrozen(frozen):
+    policy, batch = make_policy(frozen=frozen), make_batch()
+    policy.train()
+    policy.flow_loss(batch, policy.context(batch))["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.head.parameters())
+    vlm_grads = [p.grad is not None and p.grad.abs().sum() > 0 for p in policy.backbone.parameters()]
+    assert all(vlm_grads) if not frozen else not any(vlm_grads)
+    n_head = sum(p.numel() for p in policy.head.parameters())
+    assert sum(p.numel() for p in policy.trainable_parameters()) == (
+        n_head if frozen else n_head + sum(p.numel() for p in policy.backbone.parameters()))
+
+
+def test_head_that_cannot_read_the_vlm_is_refused_at_construction():
+    head = DiT(width=16, depth=2, num_heads=2, head_dim=16, chunk=T)
+    with pytest.raises(ValueError, match="head_dim=16 must equal the VLM's head_dim=8"):
+        Policy(StandInBackbone(), head, Causal(), BetaTau())
+    with pytest.raises(ValueError, match="exceeds the VLM's 2 layers"):
+        Policy(StandInBackbone(), DiT(width=16, depth=3, num_heads=2, head_dim=HD), Causal(), BetaTau())
+
+
+def test_prefix_positions_helper_matches_the_lengths():
+    got = flow.prefix_positions(torch.tensor([0, 2]), 2, 4, "cpu")
+    assert got.tolist() == [[False] * 4, [True, True, False, False]]
