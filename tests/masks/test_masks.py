@@ -48,7 +48,30 @@ def test_prefix_column_dropout_hides_only_old_prefix_columns_from_noisy_rows():
 
 
 def test_mask_component_applies_dropout_only_in_training():
-    mask = Lambda(window=4, prefix_dropout=1.0)
+    mask = Lambda(window=4, prefix_dropout=True, prefix_dropout_p=1.0)
     plen = torch.tensor([6])
     assert mask(8, plen, training=False).shape == (10, 10)
     assert mask(8, plen, training=True).shape == (1, 10, 10)
+    assert not mask(8, plen, training=True)[0, 2 + 7, 2 + 3]  # old prefix column hidden from a noisy row
+    assert torch.equal(Causal()(8, plen, training=True), causal_mask(8))  # off by default
+    on = Causal(prefix_dropout=True)
+    assert on.prefix_dropout_p == 0.5 and on.keep_last == 2  # the released setting
+
+
+def test_dropout_rate_is_p_on_droppable_columns():
+    torch.manual_seed(0)
+    plen = torch.full((4000,), 6)
+    out = Causal(prefix_dropout=True)(8, plen, training=True)  # (B, 10, 10)
+    hidden = ~out[:, 2 + 6, 2:6]  # noisy row 6 against prefix columns 0..3
+    assert abs(hidden.float().mean().item() - 0.5) < 0.02
+    # one draw per column: every noisy row of a sample loses the same columns
+    assert torch.equal(out[:, 2 + 6, 2:8], out[:, 2 + 7, 2:8])
+
+
+def test_bad_settings_are_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="window"):
+        Lambda(window=-1)
+    with pytest.raises(ValueError, match="prefix_dropout_p"):
+        Causal(prefix_dropout=True, prefix_dropout_p=1.5)

@@ -1,6 +1,9 @@
 """Attention masks over the DiT tokens [SINK, state, a_0 … a_{T-1}] (SPEC §1.3). True = row may attend column.
 
-Every DiT token also sees every valid VLM token; these masks cover only the DiT-to-DiT block.
+Every DiT token also sees every valid VLM token; these masks cover only the DiT-to-DiT block. A mask component
+is called as mask(num_actions, prefix_len, training). Prefix-column dropout (released code, off by default here:
+`prefix_dropout: true` turns it on with p=0.5, sparing the last 2 prefix columns) hides old clean prefix actions from
+the noisy rows during training.
 """
 from __future__ import annotations
 
@@ -48,38 +51,48 @@ def drop_prefix_columns(mask: Tensor, prefix_len: Tensor, p: float = 0.5, keep_l
     return mask.to(prefix_len.device)[None].expand(b, n, n) & ~hide
 
 
-class _DiTMask:
-    def __init__(self, prefix_dropout: float = 0.0, keep_last: int = 2):
-        if not 0.0 <= prefix_dropout <= 1.0:
-            raise ValueError(f"mask.prefix_dropout must be in [0, 1], got {prefix_dropout}")
-        self.prefix_dropout, self.keep_last = prefix_dropout, keep_last
+def _check_dropout(p: float, keep_last: int) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"mask.prefix_dropout_p must be in [0, 1], got {p}")
+    if keep_last < 0:
+        raise ValueError(f"mask.keep_last must be >= 0, got {keep_last}")
 
-    def base(self, num_actions: int) -> Tensor:
-        raise NotImplementedError
 
-    def __call__(self, num_actions: int, prefix_len: Tensor | None = None, training: bool = False) -> Tensor:
-        """(n, n) mask, or (B, n, n) when prefix-column dropout applies in training."""
-        m = self.base(num_actions)
-        if training and self.prefix_dropout > 0 and prefix_len is not None:
-            return drop_prefix_columns(m, prefix_len, self.prefix_dropout, self.keep_last)
-        return m
+def with_prefix_dropout(mask: Tensor, prefix_len: Tensor | None, training: bool, enabled: bool, p: float,
+                        keep_last: int) -> Tensor:
+    """The mask as the DiT gets it: (n, n), or (B, n, n) when prefix-column dropout applies (training only)."""
+    if enabled and training and prefix_len is not None:
+        return drop_prefix_columns(mask, prefix_len, p, keep_last)
+    return mask
 
 
 @MASKS.register("causal")
-class Causal(_DiTMask):
+class Causal:
     """Causal mask over [SINK, state, actions] (stage 2, training-time RTC)."""
 
-    def base(self, num_actions: int) -> Tensor:
-        return causal_mask(num_actions)
+    def __init__(self, prefix_dropout: bool = False, prefix_dropout_p: float = 0.5, keep_last: int = 2):
+        _check_dropout(prefix_dropout_p, keep_last)
+        self.prefix_dropout, self.prefix_dropout_p, self.keep_last = prefix_dropout, prefix_dropout_p, keep_last
+
+    def __call__(self, num_actions: int, prefix_len: Tensor | None = None, training: bool = False) -> Tensor:
+        """(n, n) bool, or (B, n, n) when prefix-column dropout applies in training."""
+        return with_prefix_dropout(causal_mask(num_actions), prefix_len, training, self.prefix_dropout,
+                                   self.prefix_dropout_p, self.keep_last)
 
 
 @MASKS.register("lambda")
-class Lambda(_DiTMask):
+class Lambda:
     """Λ-shape mask: each action sees SINK, state and the last `window` actions (default 4)."""
 
-    def __init__(self, window: int = 4, prefix_dropout: float = 0.0, keep_last: int = 2):
-        super().__init__(prefix_dropout, keep_last)
+    def __init__(self, window: int = 4, prefix_dropout: bool = False, prefix_dropout_p: float = 0.5,
+                 keep_last: int = 2):
+        if window < 0:
+            raise ValueError(f"mask.window must be >= 0, got {window}")
+        _check_dropout(prefix_dropout_p, keep_last)
         self.window = window
+        self.prefix_dropout, self.prefix_dropout_p, self.keep_last = prefix_dropout, prefix_dropout_p, keep_last
 
-    def base(self, num_actions: int) -> Tensor:
-        return lambda_mask(num_actions, self.window)
+    def __call__(self, num_actions: int, prefix_len: Tensor | None = None, training: bool = False) -> Tensor:
+        """(n, n) bool, or (B, n, n) when prefix-column dropout applies in training."""
+        return with_prefix_dropout(lambda_mask(num_actions, self.window), prefix_len, training, self.prefix_dropout,
+                                   self.prefix_dropout_p, self.keep_last)
