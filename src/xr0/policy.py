@@ -52,7 +52,7 @@ class Policy(nn.Module):
         t = self.head.chunk
         if noise is None:
             noise = torch.randn(b, t, a_dim, device=batch["state"].device, dtype=batch["state"].dtype)
-        fn = lambda x, tau: self.velocity(ctx, batch, x, tau, prefix_len)  # noqa: E731
+        fn = lambda x, tau: self.velocity(ctx, batch, x, tau, prefix_len)
         x = flow.euler_sample(fn, noise, steps or self.flow_steps, prefix, prefix_len, self.head.prefix_tau)
         return x * batch["action_mask"].to(x.dtype)[:, None, :]  # (B,T,A)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xr0.registry import BACKBONES, HEADS, MASKS, SAMPLERS
 from xr0.policy import Policy
+from xr0.registry import BACKBONES, HEADS, MASKS, SAMPLERS
 
 B, T = 2, 4
 
@@ -59,8 +59,13 @@ def test_dit_positions_start_after_the_last_vlm_position(frozen):
     # text positions of Qwen-VL run ahead of the token count because an image takes h·w/4 tokens but
     # only max(h, w)/2 positions; the DiT must start at the first free position, not at the token count
     assert (ctx.next_position < valid + 1).all()
-    cos, sin = ctx.rope(ctx.next_position[:, None] + torch.arange(3)[None])
-    assert cos.shape == (B, 3, frozen.backbone.head_dim)
+    pos = ctx.next_position[:, None] + torch.arange(3)[None]  # (B, 3) DiT positions
+    cos, sin = ctx.rope(pos)
+    # text positions use one index on all three M-RoPE axes, which is plain RoPE (tiny config: θ=1e4)
+    hd = frozen.backbone.head_dim
+    ang = pos.float()[..., None] / (1e4 ** (torch.arange(0, hd, 2).float() / hd))  # (B, 3, hd/2)
+    emb = torch.cat([ang, ang], -1)
+    assert torch.allclose(cos, emb.cos(), atol=1e-5) and torch.allclose(sin, emb.sin(), atol=1e-5)
 
 
 @pytest.mark.parametrize("freeze", [True, False])
