@@ -1,0 +1,254 @@
+"""Closed-loop evaluation on a simulated clock: Meta-World drives xr0-deploy's executor tick by tick.
+
+The RTC-Kinetix protocol: a request made on tick k is answered on tick k + d whatever the real compute
+time, and the env keeps stepping the current chunk meanwhile (async, rtc) or idles (sync). d = 0 means the
+chunk is used on the tick it was requested. Reference rows: the scripted expert (closed loop, every tick,
+no latency — an upper bound) and the zero action (what doing nothing scores).
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xr0_metaworld.embodiment import SAWYER_HZ
+from xr0_metaworld.env import MetaWorldEnv
+from xr0_metaworld.tasks import check_tasks, expert
+
+REFERENCES = ("expert", "zero")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How rollouts run: executor mode, latency d (ticks), T_e, Δt_c (default max(d, 1)), flow steps, limits."""
+
+    mode: str = "async"
+    latency: int = 2
+    exec_steps: int = 4
+    prefix: int | None = None
+    flow_steps: int = 5
+    max_steps: int = 150
+    perturb_at: int | None = None  # tick at which the goal moves (reactivity test)
+    sheets: int = 2
+    image_size: int | None = None  # default: the checkpoint's training size
+
+    @property
+    def prefix_steps(self) -> int:
+        return self.prefix if self.prefix is not None else max(self.latency, 1)
+
+
+class _Flow:
+    """xr0's Policy as deploy's FlowModel: RTC guidance calls velocity with prefix_len 0, which xr0 spells None."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def predict_chunk(self, batch, prefix=None, steps=5):
+        return self.policy.predict_chunk(batch, prefix, steps=steps)
+
+    def context(self, batch):
+        return self.policy.context(batch)
+
+    def velocity(self, ctx, batch, x_tau, tau, prefix_len=0):
+        return self.policy.velocity(ctx, batch, x_tau, tau, prefix_len if prefix_len is not None and
+                                    not isinstance(prefix_len, int) else None)
+
+
+def load_checkpoint_policy(path: str, flow_steps: int):
+    """A stage-2/3 checkpoint → (deploy LocalPolicy, training image size)."""
+    from xr0.checkpoint import load_policy
+    from xr0_deploy.local import LocalPolicy, Normalizer
+
+    from xr0_metaworld.embodiment import MetaWorldSawyer
+
+    loaded = load_policy(path)
+    if not hasattr(loaded.policy, "predict_chunk"):
+        raise ValueError(f"{path}: a {loaded.stage} checkpoint has no flow policy; evaluate a stage-2 or stage-3 checkpoint")
+    emb = MetaWorldSawyer()
+    if loaded.embodiment not in (None, emb.name):
+        raise ValueError(f"{path} was trained for embodiment '{loaded.embodiment}', not '{emb.name}'")
+    stats = dict(loaded.stats or {})
+    stats.pop("action_mask", None)
+    size = (loaded.recipe.get("data") or {}).get("image_size", 56)
+    size = size if isinstance(size, int) else int(size[0])
+    local = LocalPolicy(_Flow(loaded.policy), Normalizer(stats, emb.action_mask(), emb.state_dim), steps=flow_steps,
+                        cameras=list(emb.cameras), embodiment=emb.name, name=str(path))
+    return local, size
+
+
+def _jerk(actions: np.ndarray) -> np.ndarray:
+    """(N, 3) executed Δxyz commands → (N,) norm of their second difference (0 for the first two ticks)."""
+    out = np.zeros(len(actions))
+    if len(actions) > 2:
+        out[2:] = np.linalg.norm(actions[2:] - 2 * actions[1:-1] + actions[:-2], axis=1)
+    return out
+
+
+def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Generator,
+                   frames: list | None = None) -> dict[str, Any]:
+    """One episode through the executor. Returns success, steps, idle ticks and jerk at chunk boundaries."""
+    from xr0_deploy.executor import Executor, ExecutorConfig
+    from xr0_deploy.protocol import Limits
+    from xr0_deploy.safety import Safety
+
+    ex = Executor(ExecutorConfig(mode=cfg.mode, exec_steps=cfg.exec_steps, prefix_steps=cfg.prefix_steps,
+                                 record_trace=True),
+                  # clip to [-1, 1] rather than reject: Meta-World clips too, and an expert at saturation
+                  # (±1) makes small overshoots of a learned policy normal, not a sign of a broken model
+                  safety=Safety(Limits(np.full(4, -1.0), np.full(4, 1.0)), reject_margin=2.0))
+    env.reset()
+    pending: list[tuple[int, int, np.ndarray]] = []
+    executed, boundary, held, success_at = [], [], 0, None
+    last_chunk = None
+    for k in range(cfg.max_steps):
+        if cfg.perturb_at is not None and k == cfg.perturb_at:
+            env.move_goal(rng)
+        for item in [p for p in pending if p[0] <= k]:
+            pending.remove(item)
+            ex.deliver(item[1], item[2])
+        step = ex.tick(k)
+        if step.request is not None:
+            req = step.request
+            obs = {"state": env.state, "images": {env.camera: env.render()}, "prompt": env.instruction}
+            chunk = policy.infer(obs, req.prefix, req.rtc)
+            if cfg.latency == 0:  # answered at once: take the chunk into account on this very tick
+                ex.deliver(req.id, chunk)
+                ex.trace.pop()
+                step = ex.tick(k)
+            else:
+                pending.append((k + cfg.latency, req.id, chunk))
+        if frames is not None and k % 6 == 0:
+            frames.append(env.render())
+        action = np.zeros(4) if step.action is None else np.asarray(step.action)
+        held += step.action is None
+        cid = step.record["chunk_id"]
+        boundary.append(cid is not None and last_chunk is not None and cid != last_chunk)
+        last_chunk = cid if cid is not None else last_chunk
+        executed.append(action[:3])
+        _, ok = env.step(action)
+        if ok:
+            success_at = k + 1
+            break
+    jerk = _jerk(np.asarray(executed))
+    b = np.asarray(boundary)
+    return {"success": success_at is not None, "steps": len(executed), "success_at": success_at, "held": held,
+            "boundary_jerk": float(jerk[b].mean()) if b.any() else float("nan"), "jerk": float(jerk.mean())}
+
+
+def rollout_reference(env: MetaWorldEnv, kind: str, cfg: EvalConfig, rng: np.random.Generator,
+                      frames: list | None = None) -> dict[str, Any]:
+    """The scripted expert (closed loop every tick) or the zero action, with the same perturbation."""
+    pol = expert(env.task) if kind == "expert" else None
+    env.reset()
+    executed, success_at = [], None
+    for k in range(cfg.max_steps):
+        if cfg.perturb_at is not None and k == cfg.perturb_at:
+            env.move_goal(rng)
+        if frames is not None and k % 6 == 0:
+            frames.append(env.render())
+        a = np.clip(pol.get_action(env.expert_obs()), -1, 1) if pol else np.zeros(4)
+        executed.append(a[:3])
+        _, ok = env.step(a)
+        if ok:
+            success_at = k + 1
+            break
+    jerk = _jerk(np.asarray(executed))
+    return {"success": success_at is not None, "steps": len(executed), "success_at": success_at, "held": 0,
+            "boundary_jerk": float("nan"), "jerk": float(jerk.mean())}
+
+
+def contact_sheet(frames: list[np.ndarray], path: Path, title: str, scale: int = 2) -> Path:
+    """Frames of one rollout in a row-major grid (8 per row), upscaled, with a title line."""
+    from PIL import Image, ImageDraw
+
+    h, w = frames[0].shape[:2]
+    cols = min(8, len(frames))
+    rows = -(-len(frames) // cols)
+    sheet = Image.new("RGB", (cols * w * scale, rows * h * scale + 14), "white")
+    for i, f in enumerate(frames):
+        img = Image.fromarray(f).resize((w * scale, h * scale), Image.NEAREST)
+        sheet.paste(img, ((i % cols) * w * scale, 14 + (i // cols) * h * scale))
+    ImageDraw.Draw(sheet).text((2, 1), title, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def evaluate(policy_ref: str, tasks: list[str], episodes: int, seed: int, cfg: EvalConfig,
+             out: str | Path | None = None, policy: Any = None, label: str | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Success rate, steps to success, throughput (successes per simulated minute, idle ticks included),
+    jerk; `policy_ref` is a checkpoint path, `expert` or `zero` (or pass a loaded `policy`)."""
+    import torch
+    from tqdm import tqdm
+
+    check_tasks(tasks)
+    size = cfg.image_size or 56
+    if policy is None and policy_ref not in REFERENCES:
+        policy, trained_size = load_checkpoint_policy(policy_ref, cfg.flow_steps)
+        size = cfg.image_size or trained_size
+    torch.manual_seed(seed)  # the flow noise: same seed, same rollouts
+    out_dir = Path(out) if out else None
+    label = label or (policy_ref if policy_ref in REFERENCES else Path(policy_ref).name)
+    results, t0 = [], time.perf_counter()
+    bar = tqdm(total=episodes * len(tasks), desc=f"eval {label}", unit="ep", disable=not progress)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
+        warnings.filterwarnings("ignore", message=".*exceeds the prefix.*")
+        for i, task in enumerate(tasks):
+            with MetaWorldEnv(task, seed=seed * 1000 + i, image_size=size, max_steps=cfg.max_steps) as env:
+                for e in range(episodes):
+                    rng = np.random.default_rng([seed, i, e])
+                    frames = [] if out_dir is not None and e < cfg.sheets else None
+                    if policy is None:
+                        r = rollout_reference(env, policy_ref, cfg, rng, frames)
+                    else:
+                        r = rollout_policy(env, policy, cfg, rng, frames)
+                    r["task"] = task
+                    results.append(r)
+                    if frames:
+                        tag = f"{label}_{cfg.mode}_d{cfg.latency}_{task}_ep{e}".replace("/", "_")
+                        contact_sheet(frames, out_dir / "sheets" / f"{tag}.png",
+                                      f"{label} {task} {cfg.mode} d={cfg.latency} "
+                                      f"{'success' if r['success'] else 'fail'} @{r['steps']}")
+                    bar.update(1)
+    bar.close()
+    row = summarize(results, label, cfg if policy is not None else None)
+    row["wall_s"] = round(time.perf_counter() - t0, 1)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{label}_{cfg.mode}_d{cfg.latency}.json").write_text(
+            json.dumps({"row": row, "config": asdict(cfg), "episodes": results}, indent=1, default=str))
+    return row
+
+
+def summarize(results: list[dict[str, Any]], label: str, cfg: EvalConfig | None) -> dict[str, Any]:
+    """Episodes → one table row."""
+    succ = [r for r in results if r["success"]]
+    ticks = sum(r["steps"] for r in results)
+    bj = [r["boundary_jerk"] for r in results if np.isfinite(r["boundary_jerk"])]
+    return {"policy": label, "mode": cfg.mode if cfg else "closed loop", "latency": cfg.latency if cfg else 0,
+            "episodes": len(results), "success": len(succ) / max(1, len(results)),
+            "steps_to_success": float(np.mean([r["success_at"] for r in succ])) if succ else float("nan"),
+            "throughput_per_min": len(succ) / (ticks / SAWYER_HZ / 60.0) if ticks else 0.0,
+            "idle_frac": sum(r["held"] for r in results) / max(1, ticks),
+            "boundary_jerk": float(np.mean(bj)) if bj else float("nan"),
+            "jerk": float(np.mean([r["jerk"] for r in results]))}
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """Rows → a markdown table."""
+    head = ("| policy | mode | d | episodes | success | steps to success | successes / sim min | idle | "
+            "boundary jerk | mean jerk |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        f = lambda x, p=2: "–" if x != x else f"{x:.{p}f}"  # noqa: E731  (NaN → dash)
+        lines.append(f"| {r['policy']} | {r['mode']} | {r['latency']} | {r['episodes']} | {100 * r['success']:.0f}% | "
+                     f"{f(r['steps_to_success'], 1)} | {f(r['throughput_per_min'], 1)} | {100 * r['idle_frac']:.0f}% | "
+                     f"{f(r['boundary_jerk'], 3)} | {f(r['jerk'], 3)} |")
+    return "\n".join(lines)
