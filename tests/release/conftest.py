@@ -54,12 +54,13 @@ def released_dit_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def released_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+def released_tensors(seed: int = 0, vlm_config: dict | None = None) -> dict[str, torch.Tensor]:
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     import copy
 
-    cfg = Qwen3VLConfig(**{k: copy.deepcopy(v) for k, v in VLM_CONFIG.items() if k != "model_type"})
+    vlm_config = VLM_CONFIG if vlm_config is None else vlm_config
+    cfg = Qwen3VLConfig(**{k: copy.deepcopy(v) for k, v in vlm_config.items() if k != "model_type"})
     with torch.device("meta"):
         vlm = Qwen3VLForConditionalGeneration(cfg)
     shapes = {"vlm." + k: tuple(v.shape) for k, v in vlm.state_dict().items() if k != "lm_head.weight"}  # tied
@@ -80,7 +81,8 @@ def action_config() -> dict:
     return out
 
 
-def write_release(root: Path, tensors: dict[str, torch.Tensor] | None = None, robots: list[str] | None = None) -> Path:
+def write_release(root: Path, tensors: dict[str, torch.Tensor] | None = None, robots: list[str] | None = None,
+                  config: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
     tensors = released_tensors() if tensors is None else tensors
@@ -93,7 +95,7 @@ def write_release(root: Path, tensors: dict[str, torch.Tensor] | None = None, ro
         save_file({n: tensors[n] for n in part}, str(root / fname), metadata={"format": "pt"})
         weight_map.update({n: fname for n in part})
     (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (root / "config.json").write_text(json.dumps(CONFIG))
+    (root / "config.json").write_text(json.dumps(CONFIG if config is None else config))
     ac = {k: v for k, v in action_config().items() if robots is None or k in robots}
     (root / "preprocessor_config.json").write_text(json.dumps(
         {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 16, "action_config": ac}))

@@ -205,9 +205,69 @@ def test_cli(release, tmp_path, capsys):
 
 
 def test_keymap_matches_the_dit_head():
-    """Once HEADS `dit` lands, every xr0 head name in the table must exist in it with the table's shape."""
+    """HEADS `dit` built at the release's sizes has exactly the state_dict the key map makes of the release."""
     from xr0.registry import HEADS
 
-    if "dit" not in HEADS:
-        pytest.skip("HEADS 'dit' is not registered yet")
-    pytest.skip("fill in once the dit builder's kwargs are known: build it at D/L/Hd and compare state_dict shapes")
+    d = conftest
+    head = HEADS.get("dit")(width=d.D, depth=d.L, num_heads=d.D // d.HD, head_dim=d.HD, chunk=d.T,
+                            action_dim=d.A, state_dim=d.S)
+    built = {K.XR0_HEAD_PREFIX + k: tuple(v.shape) for k, v in head.state_dict().items()}
+    mapped = {K.to_xr0(k)[0]: v for k, v in d.released_dit_shapes().items()}  # the fixture's hand-written names
+    assert mapped == built
+    assert len(built) == 11 + 13 * d.L  # every released DiT tensor, nothing more
+
+
+def _tiny_post_train(imp, extra=()):
+    """The post_train stage of recipes/post_train_from_release_sync.yaml at the tiny release's sizes."""
+    from xr0 import config
+
+    d = conftest
+    overrides = [f"_release={imp}", "embodiment=null", f"_chunk={d.T}", f"stage.head.width={d.D}",
+                 f"stage.head.depth={d.L}", f"stage.head.head_dim={d.HD}", f"stage.head.num_heads={d.D // d.HD}",
+                 "stage.backbone.tokenizer=null",  # the fixture ships no tokenizer files
+                 f"data={{name: synthetic, chunk: {d.T}, batch_size: 2}}", *extra]
+    tree = config.validate(config.load_recipe("recipes/post_train_from_release_sync.yaml", overrides))
+    return config.build(tree["stage"], "stage"), tree
+
+
+def test_import_then_init_from_a_post_train_stage(release, tmp_path):
+    import_release(release, tmp_path / "imp", robot_type="libero_all")
+    stage, tree = _tiny_post_train(tmp_path / "imp")
+    assert tree["stage"]["init_from"] == str(tmp_path / "imp")
+    src = _release_tensors(release)
+    own = stage.state_dict()
+    # a DiT tensor and a VLM tensor, named by hand on both sides
+    assert torch.equal(own["policy.head.blocks.1.mlp.down.weight"], src["dit.layers.1.mlp.down_proj.weight"].float())
+    assert torch.equal(own["policy.head.out_mlp.0.weight"], src["action_output_layer.layers.0.weight"].float())
+    assert torch.equal(own["policy.backbone.model.model.visual.blocks.1.attn.qkv.weight"],
+                       src["vlm.model.visual.blocks.1.attn.qkv.weight"].float())
+    # and every other released tensor too
+    for name, t in src.items():
+        assert torch.equal(own["policy." + K.to_xr0(name)[0]], t.float()), name
+    # the round trip through the real stage: its state_dict exports back to the release bit for bit (bf16)
+    ckpt = {"state_dict": {k: v.to(torch.bfloat16) for k, v in own.items()}, **read_export(tmp_path / "imp")[1]}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    assert main(["export", str(tmp_path / "last.ckpt"), str(tmp_path / "rel"), "--format", "release"]) == 0
+    back = _release_tensors(tmp_path / "rel")
+    assert set(back) == set(src) and all(torch.equal(back[k], src[k]) for k in src)
+
+
+def test_import_does_not_fit_a_stage_of_other_sizes(release, tmp_path):
+    from xr0.checkpoint import CheckpointMismatch
+
+    import_release(release, tmp_path / "imp", robot_type="libero_all")
+    with pytest.raises(CheckpointMismatch, match=r"head\.sink: checkpoint \(1, 16\) vs model \(1, 32\)"):
+        _tiny_post_train(tmp_path / "imp", ["stage.head.width=32", "stage.head.num_heads=4"])
+
+
+def test_cli_export_format_release_and_alias(release, tmp_path, capsys):
+    assert main(["import-release", str(release), str(tmp_path / "imp"), "--robot-type", "libero_all"]) == 0
+    assert main(["export", str(tmp_path / "imp"), str(tmp_path / "a"), "--format", "release",
+                 "--template", str(release)]) == 0
+    assert main(["export-release", str(tmp_path / "imp"), str(tmp_path / "b")]) == 0
+    a, b = _release_tensors(tmp_path / "a"), _release_tensors(tmp_path / "b")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "imp"), str(tmp_path / "c"), "--template", str(release)]) == 2
+    assert "--template only applies to --format release" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), str(tmp_path / "d"), "--format", "release"]) == 2

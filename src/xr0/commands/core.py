@@ -88,15 +88,37 @@ class Plugins:
 
 @COMMANDS.register("export")
 class Export:
-    """Export a checkpoint: safetensors weights + JSON metadata (recipe, embodiment, statistics)."""
+    """Export a checkpoint: xr0 format (safetensors + JSON metadata) or the released Xiaomi-Robotics-0 layout."""
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("checkpoint")
+        p.add_argument("checkpoint", help="Lightning checkpoint (xr0 format); for --format release also an xr0 "
+                                          "export directory, e.g. the output of `xr0 import-release`")
         p.add_argument("out_dir")
+        p.add_argument("--format", choices=("xr0", "release"), default="xr0",
+                       help="xr0: model.safetensors + xr0.json (what `xr0 serve` and init_from read); release: "
+                            "the MiBoTForActionGeneration layout the released inference code serves")
+        p.add_argument("--template", default=None,
+                       help="release format: release directory to take config.json, processor, tokenizer and remote "
+                            "code from (default: the import's release_files/ when the model came from "
+                            "`xr0 import-release`)")
+        p.add_argument("--max-shard-gb", type=float, default=5.0, help="release format: shard size")
+        p.add_argument("--allow-state-norm", action="store_true",
+                       help="release format: export even though the model expects normalised states "
+                            "(the release feeds the raw state)")
 
     @staticmethod
     def run(args):
+        if args.format == "release":
+            from xr0.commands.release import export_release_verb
+
+            return export_release_verb(args.checkpoint, args.out_dir, args.template, args.max_shard_gb,
+                                       args.allow_state_norm)
+        if args.template is not None:
+            import sys
+
+            print("xr0: error: --template only applies to --format release", file=sys.stderr)
+            return 2
         from xr0.export import export_checkpoint
 
         out = export_checkpoint(args.checkpoint, args.out_dir)

@@ -1,4 +1,5 @@
-"""Verbs for the released Xiaomi-Robotics-0 checkpoints: import-release and export-release."""
+"""Verbs for the released Xiaomi-Robotics-0 checkpoints: import-release, and export-release (an alias of
+`xr0 export --format release`, kept so scripts written against it keep working)."""
 from __future__ import annotations
 
 from xr0.registry import COMMANDS
@@ -47,9 +48,26 @@ class ImportRelease:
         return 0
 
 
+def export_release_verb(source, out_dir, template=None, max_shard_gb=5.0, allow_state_norm=False) -> int:
+    """`xr0 export --format release` (and its alias `xr0 export-release`)."""
+    from xr0.release.exporter import export_release
+    from xr0.release.keymap import KeyMapError
+    from xr0.release.layout import ReleaseError
+
+    try:
+        out = export_release(source, out_dir, template, max_shard_gb, allow_state_norm)
+    except (KeyMapError, ReleaseError, ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    print(f"exported {source} -> {out} (release layout)")
+    if not (out / "modeling_mibot.py").is_file():
+        print("note: no remote code copied; add modeling_mibot.py, configuration_mibot.py, processing_mibot.py "
+              "and the tokenizer files from the release (--template RELEASE_DIR) before serving")
+    return 0
+
+
 @COMMANDS.register("export-release")
 class ExportRelease:
-    """Export an xr0 model to the released MiBoTForActionGeneration layout (served by the released code)."""
+    """Alias of `xr0 export --format release`: an xr0 model in the released MiBoTForActionGeneration layout."""
 
     @staticmethod
     def add_arguments(p):
@@ -64,16 +82,4 @@ class ExportRelease:
 
     @staticmethod
     def run(args):
-        from xr0.release.exporter import export_release
-        from xr0.release.keymap import KeyMapError
-        from xr0.release.layout import ReleaseError
-
-        try:
-            out = export_release(args.source, args.out_dir, args.template, args.max_shard_gb, args.allow_state_norm)
-        except (KeyMapError, ReleaseError, ValueError) as exc:
-            return _fail(exc)
-        print(f"exported {args.source} -> {out} (release layout)")
-        if not (out / "modeling_mibot.py").is_file():
-            print("note: no remote code copied; add modeling_mibot.py, configuration_mibot.py, processing_mibot.py "
-                  "and the tokenizer files from the release (--template RELEASE_DIR) before serving")
-        return 0
+        return export_release_verb(args.source, args.out_dir, args.template, args.max_shard_gb, args.allow_state_norm)

@@ -101,7 +101,9 @@ def parity_recipe(config: dict[str, Any], embodiment: str | None, chunk: int) ->
     return {
         "backbone": {"name": "qwen3vl", "config": config["vlm_config"]},
         "head": {"name": "dit", "width": dit["hidden_size"], "depth": dit["num_hidden_layers"],
-                 "head_dim": dit["head_dim"], "action_dim": config["action_dim"], "state_dim": config["state_dim"],
+                 "head_dim": dit["head_dim"],
+                 "num_heads": dit["hidden_size"] // dit["head_dim"],  # the release derives it: hidden // head_dim
+                 "action_dim": config["action_dim"], "state_dim": config["state_dim"],
                  "chunk": chunk},
         "parity": dict(PARITY),
         "embodiment": embodiment,
