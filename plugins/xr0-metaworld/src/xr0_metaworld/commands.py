@@ -71,3 +71,27 @@ class Sim:
     @staticmethod
     def run(args) -> int:
         return args._sim(args)
+
+
+@COMMANDS.register("demo")
+class Demo:
+    """CPU demo in minutes: Meta-World expert data → stages 1→2→3 on a tiny VLM → async eval under latency."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", default="runs/demo", help="output folder (a previous demo's output there is cleared)")
+        p.add_argument("--tasks", nargs="+", default=["reach-v3"])
+        p.add_argument("--episodes", type=int, default=40, help="expert episodes per task")
+        p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per task and row")
+        p.add_argument("--latency-steps", type=int, default=2, help="simulated inference latency d (ticks)")
+        p.add_argument("--steps", type=int, nargs=3, default=[60, 400, 200], metavar=("S1", "S2", "S3"),
+                       help="training steps of stages 1, 2, 3")
+        p.add_argument("--seed", type=int, default=0)
+
+    @staticmethod
+    def run(args) -> int:
+        from xr0_metaworld.demo import run_demo
+
+        run_demo(args.out, tuple(args.tasks), args.episodes, args.eval_episodes, args.latency_steps,
+                 tuple(args.steps), args.seed)
+        return 0
