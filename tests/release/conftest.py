@@ -104,6 +104,18 @@ def write_release(root: Path, tensors: dict[str, torch.Tensor] | None = None, ro
     return root
 
 
+def tiny_post_train(imp, extra=()):
+    """The post_train stage of recipes/post_train_from_release_sync.yaml at the tiny release's sizes."""
+    from xr0 import config
+
+    overrides = [f"_release={imp}", "embodiment=null", f"_chunk={T}", f"stage.head.width={D}",
+                 f"stage.head.depth={L}", f"stage.head.head_dim={HD}", f"stage.head.num_heads={D // HD}",
+                 "stage.backbone.tokenizer=null",  # the fixture ships no tokenizer files
+                 f"data={{name: synthetic, chunk: {T}, batch_size: 2}}", *extra]
+    tree = config.validate(config.load_recipe("recipes/post_train_from_release_sync.yaml", overrides))
+    return config.build(tree["stage"], "stage"), tree
+
+
 @pytest.fixture
 def release(tmp_path) -> Path:
     return write_release(tmp_path / "release")

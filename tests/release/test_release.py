@@ -217,22 +217,9 @@ def test_keymap_matches_the_dit_head():
     assert len(built) == 11 + 13 * d.L  # every released DiT tensor, nothing more
 
 
-def _tiny_post_train(imp, extra=()):
-    """The post_train stage of recipes/post_train_from_release_sync.yaml at the tiny release's sizes."""
-    from xr0 import config
-
-    d = conftest
-    overrides = [f"_release={imp}", "embodiment=null", f"_chunk={d.T}", f"stage.head.width={d.D}",
-                 f"stage.head.depth={d.L}", f"stage.head.head_dim={d.HD}", f"stage.head.num_heads={d.D // d.HD}",
-                 "stage.backbone.tokenizer=null",  # the fixture ships no tokenizer files
-                 f"data={{name: synthetic, chunk: {d.T}, batch_size: 2}}", *extra]
-    tree = config.validate(config.load_recipe("recipes/post_train_from_release_sync.yaml", overrides))
-    return config.build(tree["stage"], "stage"), tree
-
-
 def test_import_then_init_from_a_post_train_stage(release, tmp_path):
     import_release(release, tmp_path / "imp", robot_type="libero_all")
-    stage, tree = _tiny_post_train(tmp_path / "imp")
+    stage, tree = conftest.tiny_post_train(tmp_path / "imp")
     assert tree["stage"]["init_from"] == str(tmp_path / "imp")
     src = _release_tensors(release)
     own = stage.state_dict()
@@ -257,7 +244,7 @@ def test_import_does_not_fit_a_stage_of_other_sizes(release, tmp_path):
 
     import_release(release, tmp_path / "imp", robot_type="libero_all")
     with pytest.raises(CheckpointMismatch, match=r"head\.sink: checkpoint \(1, 16\) vs model \(1, 32\)"):
-        _tiny_post_train(tmp_path / "imp", ["stage.head.width=32", "stage.head.num_heads=4"])
+        conftest.tiny_post_train(tmp_path / "imp", ["stage.head.width=32", "stage.head.num_heads=4"])
 
 
 def test_cli_export_format_release_and_alias(release, tmp_path, capsys):
