@@ -95,3 +95,41 @@ class Demo:
         run_demo(args.out, tuple(args.tasks), args.episodes, args.eval_episodes, args.latency_steps,
                  tuple(args.steps), args.seed)
         return 0
+
+
+@COMMANDS.register("ablate")
+class Ablate:
+    """Async ablation on Meta-World: post-training variants × delays × execution modes × seeds (resumable)."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        from xr0_metaworld.ablate import MODES, VARIANTS
+
+        p.add_argument("recipe", help="a stage-3 recipe with a `_variant` switch, e.g. "
+                                      "plugins/xr0-metaworld/recipes/metaworld_tiny/stage3.yaml")
+        p.add_argument("--stage2", default="runs/demo/stage2/checkpoints/last.ckpt", help="shared stage-2 checkpoint")
+        p.add_argument("--data", default="runs/demo/data", help="folder with the metaworld card (`_data`)")
+        p.add_argument("--out", default="runs/ablate")
+        p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+        p.add_argument("--delays", type=int, nargs="+", default=[0, 2, 4, 6])
+        p.add_argument("--modes", nargs="+", default=list(MODES))
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--tasks", nargs="+", default=["reach-v3"])
+        p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per task and cell")
+        p.add_argument("--exec-steps", type=int, default=4)
+        p.add_argument("--max-steps", type=int, default=150)
+        p.add_argument("--perturb-at", type=int, default=None, help="move the goal at this tick")
+        p.add_argument("--steps", type=int, default=200, help="stage-3 training steps per variant")
+        p.add_argument("--chunk", type=int, default=12, help="chunk T (≥ T_e + 2·max delay keeps d=6 seamless)")
+        p.add_argument("overrides", nargs="*", help="extra recipe overrides for stage 3 (key=value)")
+
+    @staticmethod
+    def run(args) -> int:
+        from xr0_metaworld.ablate import run_ablation
+
+        overrides = [f"_data={args.data}", f"trainer.max_steps={args.steps}", f"_chunk={args.chunk}"] + args.overrides
+        md = run_ablation(args.recipe, args.stage2, args.out, args.variants, args.delays, args.modes, args.seeds,
+                          args.tasks, args.episodes, args.exec_steps, args.max_steps, args.perturb_at, overrides)
+        print(md)
+        print(f"[ablate] {args.out}/results.md, {args.out}/success_vs_delay.png, TensorBoard: {args.out}/tb")
+        return 0
