@@ -1,13 +1,13 @@
 """Embodiment conformance, tasks, and the env wrapper (seeded layouts, observable goal, upright frames)."""
 import numpy as np
 import pytest
+from xr0_metaworld.embodiment import MetaWorldSawyer
+from xr0_metaworld.env import MetaWorldEnv
+from xr0_metaworld.tasks import check_tasks, expert, instruction
 
 import xr0.embodiments
 from xr0.plugins import load_plugins
 from xr0.registry import EMBODIMENTS
-from xr0_metaworld.embodiment import MetaWorldSawyer
-from xr0_metaworld.env import MetaWorldEnv
-from xr0_metaworld.tasks import check_tasks, expert, instruction
 
 
 def test_embodiment_conforms_and_is_found_through_the_entry_point():

@@ -1,7 +1,6 @@
 """The simulated clock of `xr0 sim eval`, with a constant-chunk stand-in policy (no model): idle ticks
 and chunk alignment must follow the executor's timelines exactly."""
 import numpy as np
-
 from xr0_metaworld.env import MetaWorldEnv
 from xr0_metaworld.evaluate import EvalConfig, format_rows, rollout_policy, summarize
 

@@ -1,6 +1,5 @@
 """CI's small end to end: `xr0 sim collect` → stages 1 → 2 → 3 (a few steps) → `xr0 sim eval`, all on CPU."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

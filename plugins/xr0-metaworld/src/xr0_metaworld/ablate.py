@@ -71,7 +71,7 @@ def table(rows: list[dict[str, Any]], delays: list[int], metric: str = "success"
         cells = []
         for d in delays:
             if (v, m, d) in agg:
-                mu, sd, n = agg[(v, m, d)]
+                mu, sd, _ = agg[(v, m, d)]
                 cells.append(f"{scale * mu:.0f} ± {scale * sd:.0f}" if scale != 1 else f"{mu:.1f} ± {sd:.1f}")
             else:
                 cells.append("–")

@@ -8,12 +8,13 @@ is an almost invisible site, and a tiny policy on small frames could not learn i
 from __future__ import annotations
 
 import os
+from typing import Self
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless on the CPU through Mesa; must precede the mujoco import
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from xr0_metaworld.tasks import check_tasks, instruction  # noqa: E402
+from xr0_metaworld.tasks import check_tasks, instruction
 
 CAMERA = "corner2"
 
@@ -49,7 +50,7 @@ class MetaWorldEnv:
         self.obs: np.ndarray | None = None
         self.steps = 0
 
-    def __enter__(self) -> MetaWorldEnv:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

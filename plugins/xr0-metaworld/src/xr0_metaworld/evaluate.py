@@ -61,9 +61,9 @@ class _Flow:
 
 def load_checkpoint_policy(path: str, flow_steps: int):
     """A stage-2/3 checkpoint → (deploy LocalPolicy, training image size)."""
-    from xr0.checkpoint import load_policy
     from xr0_deploy.local import LocalPolicy, Normalizer
 
+    from xr0.checkpoint import load_policy
     from xr0_metaworld.embodiment import MetaWorldSawyer
 
     loaded = load_policy(path)
@@ -247,7 +247,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             "boundary jerk | mean jerk |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        f = lambda x, p=2: "–" if x != x else f"{x:.{p}f}"  # noqa: E731  (NaN → dash)
+        f = lambda x, p=2: "–" if np.isnan(x) else f"{x:.{p}f}"  # NaN → dash
         lines.append(f"| {r['policy']} | {r['mode']} | {r['latency']} | {r['episodes']} | {100 * r['success']:.0f}% | "
                      f"{f(r['steps_to_success'], 1)} | {f(r['throughput_per_min'], 1)} | {100 * r['idle_frac']:.0f}% | "
                      f"{f(r['boundary_jerk'], 3)} | {f(r['jerk'], 3)} |")
