@@ -120,9 +120,16 @@ def run_ablation(recipe: str, stage2: str, out: str | Path, variants: list[str],
     for m in modes:
         if m not in MODES:
             raise ValueError(f"unknown mode '{m}'; choose from {', '.join(MODES)}")
-    if not Path(stage2).is_file():
-        raise FileNotFoundError(f"stage-2 checkpoint {stage2} not found: run `xr0 demo` (it writes "
-                                f"runs/demo/stage2/checkpoints/last.ckpt) or pass --stage2")
+    shared = out / "stage2.ckpt"  # a private copy: a later `xr0 demo` clears runs/demo, the ablation must resume
+    if not shared.is_file():
+        if not Path(stage2).is_file():
+            raise FileNotFoundError(f"stage-2 checkpoint {stage2} not found: run `xr0 demo` (it writes "
+                                    f"runs/demo/stage2/checkpoints/last.ckpt) or pass --stage2")
+        import shutil
+
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stage2, shared)
+    stage2 = str(shared)
     ckpts = {(v, s): train_cell(recipe, v, s, out, stage2, list(overrides or [])) for v in variants for s in seeds}
     cells = [(v, s, m, d) for v in variants for s in seeds for m in modes for d in delays]
     rows = [eval_cell(ckpts[(v, s)], v, s, m, d, out, tasks, episodes, exec_steps, max_steps, perturb_at)
