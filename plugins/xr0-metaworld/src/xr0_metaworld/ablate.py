@@ -109,7 +109,7 @@ def plot(rows: list[dict[str, Any]], delays: list[int], path: Path) -> Path:
 
 def run_ablation(recipe: str, stage2: str, out: str | Path, variants: list[str], delays: list[int], modes: list[str],
                  seeds: list[int], tasks: list[str], episodes: int, exec_steps: int = 4, max_steps: int = 150,
-                 perturb_at: int | None = None, overrides: list[str] | None = None) -> str:
+                 perturb_at: int | None = None, overrides: list[str] | None = None, data: str | None = None) -> str:
     """Train missing variants, evaluate missing cells, write results.md, success_vs_delay.png and TensorBoard."""
     from tqdm import tqdm
 
@@ -130,6 +130,14 @@ def run_ablation(recipe: str, stage2: str, out: str | Path, variants: list[str],
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(stage2, shared)
     stage2 = str(shared)
+    if data is not None:  # the same for the data: a private copy, referred to by every variant's recipe
+        import shutil
+
+        if not (out / "data").is_dir():
+            if not (Path(data) / "metaworld.yaml").is_file():
+                raise FileNotFoundError(f"{data}/metaworld.yaml not found: run `xr0 demo` or `xr0 sim collect --out {data}`")
+            shutil.copytree(data, out / "data")
+        overrides = [f"_data={out / 'data'}"] + list(overrides or [])
     ckpts = {(v, s): train_cell(recipe, v, s, out, stage2, list(overrides or [])) for v in variants for s in seeds}
     cells = [(v, s, m, d) for v in variants for s in seeds for m in modes for d in delays]
     rows = [eval_cell(ckpts[(v, s)], v, s, m, d, out, tasks, episodes, exec_steps, max_steps, perturb_at)

@@ -127,9 +127,10 @@ class Ablate:
     def run(args) -> int:
         from xr0_metaworld.ablate import run_ablation
 
-        overrides = [f"_data={args.data}", f"trainer.max_steps={args.steps}", f"_chunk={args.chunk}"] + args.overrides
+        overrides = [f"trainer.max_steps={args.steps}", f"_chunk={args.chunk}"] + args.overrides
         md = run_ablation(args.recipe, args.stage2, args.out, args.variants, args.delays, args.modes, args.seeds,
-                          args.tasks, args.episodes, args.exec_steps, args.max_steps, args.perturb_at, overrides)
+                          args.tasks, args.episodes, args.exec_steps, args.max_steps, args.perturb_at, overrides,
+                          data=args.data)
         print(md)
         print(f"[ablate] {args.out}/results.md, {args.out}/success_vs_delay.png, TensorBoard: {args.out}/tb")
         return 0
