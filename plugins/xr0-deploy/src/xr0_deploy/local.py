@@ -42,10 +42,11 @@ class Normalizer:
 
     stats = {"actions": {"mean", "std"} of shape (32,) or (T, 32) (per-timestep), "state": {...} or None};
     a width equal to the number of valid action dims is accepted too. Raw actions are the valid dims of
-    `action_mask`, in order; the raw state fills the first dims of the canonical state.
+    `action_mask`, in order; the raw state fills `state_slots` of the canonical state (default: the first dims).
     """
 
-    def __init__(self, stats: dict[str, Any] | None = None, action_mask: Any = None, state_dim: int | None = None):
+    def __init__(self, stats: dict[str, Any] | None = None, action_mask: Any = None, state_dim: int | None = None,
+                 state_slots: Any = None):
         stats = stats or {}
         unknown = set(stats) - {"actions", "state", "action_mask"}
         if unknown:
@@ -57,7 +58,10 @@ class Normalizer:
         self.a_mean, self.a_std = self._canonical(stats.get("actions"), "actions")
         s_mean = _stat(stats.get("state"), "mean")
         self.state_dim = state_dim or (s_mean.shape[-1] if s_mean is not None else None)
+        self.state_slots = None if state_slots is None else np.asarray(state_slots, int).reshape(-1)
         self.s_mean, self.s_std = self._canonical(stats.get("state"), "state", scatter=False)
+        if self.state_slots is not None and self.state_dim is not None and len(self.state_slots) != self.state_dim:
+            raise ValueError(f"state_slots has {len(self.state_slots)} entries for a {self.state_dim}-dim state")
 
     def _canonical(self, node: Any, what: str, scatter: bool = True) -> tuple[np.ndarray, np.ndarray]:
         mean, std = _stat(node, "mean"), _stat(node, "std")
@@ -72,6 +76,8 @@ class Normalizer:
             if w != DIM:
                 if scatter and w == len(self.idx):
                     full[..., self.idx] = arr
+                elif not scatter and self.state_slots is not None and w == len(self.state_slots):
+                    full[..., self.state_slots] = arr
                 elif not scatter and w <= DIM:
                     full[..., :w] = arr
                 else:
@@ -93,10 +99,13 @@ class Normalizer:
         return len(self.idx)
 
     def state_to_model(self, state: np.ndarray) -> np.ndarray:
+        slots = np.arange(len(state)) if self.state_slots is None else self.state_slots
         s = np.zeros(DIM)
-        s[: len(state)] = state
+        s[slots] = state
         out = (s - self.s_mean) / self.s_std
-        out[len(state):] = 0.0  # padding stays zero whatever the statistics say
+        pad = np.ones(DIM, bool)
+        pad[slots] = False
+        out[pad] = 0.0  # padding stays zero whatever the statistics say
         return out
 
     def actions_to_model(self, actions: np.ndarray) -> np.ndarray:
@@ -160,8 +169,11 @@ class LocalPolicy:
     """A FlowModel plus its statistics as a ChunkPolicy; the server and in-process runs share it."""
 
     def __init__(self, model: FlowModel, normalizer: Normalizer, steps: int = 5, chunk_len: int | None = None,
-                 cameras: list[str] | None = None, embodiment: str | None = None, name: str = "policy"):
-        self.model, self.norm, self.steps = model, normalizer, steps
+                 cameras: list[str] | None = None, embodiment: str | None = None, name: str = "policy",
+                 robot: Any = None):
+        """`robot`: the xr0 Embodiment (or None); its relative dims are trained relative to the state at frame t,
+        so chunks go back to absolute robot units here and prefixes arrive absolute."""
+        self.model, self.norm, self.steps, self.robot = model, normalizer, steps, robot
         self.chunk_len = chunk_len or getattr(model, "chunk_len", None)
         self.cameras, self.embodiment, self.name = cameras, embodiment, name
         self.last_infer_ms = 0.0
@@ -171,7 +183,10 @@ class LocalPolicy:
                 "state_dim": self.norm.state_dim, "embodiment": self.embodiment, "cameras": self.cameras,
                 "steps": self.steps, "prefix_actions": True, "rtc": True}
 
-    def to_batch(self, obs: dict[str, Any]) -> dict[str, Any]:
+    def _relative(self) -> bool:
+        return self.robot is not None and any(getattr(self.robot, "relative", ()))
+
+    def raw_state(self, obs: dict[str, Any]) -> np.ndarray:
         if not isinstance(obs, dict):
             raise RequestError(f"the observation must be a mapping, got {type(obs).__name__}")
         key = "state" if "state" in obs else "observation/state" if "observation/state" in obs else None
@@ -185,6 +200,10 @@ class LocalPolicy:
             raise RequestError(f"{key}: expected {want or f'<= {DIM}'} values, got {len(state)}")
         if not np.all(np.isfinite(state)):
             raise RequestError(f"{key}: NaN or inf in the state")
+        return state
+
+    def to_batch(self, obs: dict[str, Any]) -> dict[str, Any]:
+        state = self.raw_state(obs)
         prompt = obs.get("prompt", obs.get("instruction", ""))
         if not isinstance(prompt, str):
             raise RequestError(f"prompt: expected a string, got {type(prompt).__name__}")
@@ -207,7 +226,7 @@ class LocalPolicy:
             "embodiment": [self.embodiment or ""],
         }
 
-    def _prefix(self, prefix: Any) -> np.ndarray:
+    def _prefix(self, prefix: Any, state: np.ndarray | None = None) -> np.ndarray:
         p = _as_array(prefix, "prefix_actions").astype(np.float64)
         if p.ndim != 2 or p.shape[1] != self.norm.action_dim:
             raise RequestError(f"prefix_actions: expected (P, {self.norm.action_dim}), got {p.shape}")
@@ -215,13 +234,16 @@ class LocalPolicy:
             raise RequestError(f"prefix_actions: {len(p)} steps, longer than the chunk ({self.chunk_len})")
         if not np.all(np.isfinite(p)):
             raise RequestError("prefix_actions: NaN or inf")
+        if self._relative() and state is not None:
+            p = self.robot.to_relative(p, state).astype(np.float64)
         return self.norm.actions_to_model(p)
 
     def infer(self, obs: dict[str, Any], prefix: np.ndarray | None = None, rtc: RTCSpec | None = None) -> np.ndarray:
         """Chunk (T, A) in robot units; `prefix` (P, A) is committed (trained prefix) or, with `rtc`, guided."""
         t0 = time.perf_counter()
         batch = self.to_batch(obs)
-        pre = None if prefix is None or len(prefix) == 0 else self._prefix(prefix)
+        state = self.raw_state(obs)
+        pre = None if prefix is None or len(prefix) == 0 else self._prefix(prefix, state)
         with torch.no_grad():
             if rtc is not None and pre is not None:
                 x = self._rtc(batch, pre, rtc)
@@ -231,6 +253,8 @@ class LocalPolicy:
         if self.chunk_len is None:
             self.chunk_len = int(x.shape[1])
         out = self.norm.actions_from_model(x[0].double().cpu().numpy())
+        if self._relative():
+            out = self.robot.to_absolute(out, state).astype(np.float64)
         self.last_infer_ms = (time.perf_counter() - t0) * 1000
         return out
 
@@ -273,24 +297,35 @@ def load_local(spec: str, steps: int = 5, device: str = "cpu", chunk_len: int = 
     from xr0.checkpoint import load_policy
 
     loaded = load_policy(spec, map_location=device)
-    stats = loaded.stats or {}
-    mask = stats.get("action_mask") if isinstance(stats, dict) else None
-    if mask is None and loaded.embodiment:
-        mask = _embodiment_attr(loaded.embodiment, "action_mask")
-    cameras = _embodiment_attr(loaded.embodiment, "cameras") if loaded.embodiment else None
     if not hasattr(loaded.policy, "predict_chunk") or not hasattr(loaded.policy, "velocity"):
         raise ValueError(f"{spec}: its stage ({loaded.stage}) has no flow policy (predict_chunk/velocity); serve "
                          f"a stage-2 or stage-3 checkpoint")
-    return LocalPolicy(loaded.policy, Normalizer(stats, mask), steps=steps,
-                       cameras=list(cameras) if cameras else None, embodiment=loaded.embodiment, name=spec)
+    stats = loaded.stats if isinstance(loaded.stats, dict) else {}
+    robot = _embodiment(loaded.embodiment)
+    mask = stats.get("action_mask")
+    if mask is None and robot is not None:
+        mask = robot.action_mask()
+    if mask is None:  # no embodiment (synthetic data) and no mask in the stats: every canonical dim
+        mask = np.ones(DIM, bool)
+    if robot is not None and not np.array_equal(np.asarray(mask, bool), robot.action_mask()):
+        raise ValueError(f"{spec}: the statistics' action_mask does not match embodiment {robot.name}'s slots")
+    norm = Normalizer({k: v for k, v in stats.items() if k in ("actions", "state")}, mask,
+                      state_dim=robot.state_dim if robot is not None else None,
+                      state_slots=robot.slots("state") if robot is not None else None)
+    head = getattr(loaded.policy, "head", None)
+    return LocalPolicy(loaded.policy, norm, steps=steps, chunk_len=getattr(head, "chunk", None),
+                       cameras=list(robot.cameras) if robot is not None and robot.cameras else None,
+                       embodiment=loaded.embodiment, name=spec, robot=robot)
 
 
-def _embodiment_attr(name: str, attr: str) -> Any:
-    from xr0.registry import EMBODIMENTS, RegistryError
+def _embodiment(name: str | None) -> Any:
+    """The registered xr0 Embodiment `name`, or None (no name, or not registered: e.g. synthetic data)."""
+    if not name:
+        return None
+    from xr0.embodiments import get
+    from xr0.registry import RegistryError
 
     try:
-        emb = EMBODIMENTS.get(name)
+        return get(name)
     except RegistryError:
         return None
-    obj = emb() if isinstance(emb, type) else emb
-    return getattr(obj, attr, None)

@@ -21,13 +21,11 @@ from xr0_deploy.protocol import ChunkPolicy, PolicyError, PolicyUnavailable, Rea
 
 
 def nearest_index(timestamps: np.ndarray, t: float) -> int:
-    """Index of the timestamp closest to t (ties → the earlier sample); timestamps sorted ascending."""
-    i = int(np.searchsorted(timestamps, t))
-    if i == 0:
-        return 0
-    if i == len(timestamps):
-        return i - 1
-    return i if timestamps[i] - t < t - timestamps[i - 1] else i - 1
+    """Index of the timestamp closest to t (ties → the earlier sample); timestamps sorted ascending.
+    One control time through `xr0.data.resample.nearest_index`, the alignment the training data used."""
+    from xr0.data.resample import nearest_index as nearest_many  # xr0.data imports the data stack: lazily
+
+    return int(nearest_many(timestamps, np.asarray([t], dtype=np.float64))[0])
 
 
 class Resampler:
@@ -36,8 +34,7 @@ class Resampler:
     def __init__(self, keep: int = 64):
         self._buf: dict[str, deque[Reading]] = {}
         self._keep = keep
-        # local until xr0.data.resample (nearest-timestamp alignment, data issue) lands; same semantics
-        self._nearest = nearest_index
+        self._nearest = nearest_index  # xr0.data.resample's nearest-timestamp rule (SPEC §3)
 
     def add(self, reading: Reading) -> None:
         self._buf.setdefault(reading.name, deque(maxlen=self._keep)).append(reading)

@@ -1,0 +1,71 @@
+"""End to end: `xr0 fit` a tiny stage-2 checkpoint, serve it on 127.0.0.1, drive it with the real openpi client
+(plain requests and xr0's `prefix_actions`). Normalisation, the action mask and relative dims come from the
+checkpoint's statistics and embodiment, so the client speaks robot units only."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from xr0_deploy.local import load_local
+from xr0_deploy.server import PolicyServer
+
+openpi = pytest.importorskip("openpi_client.websocket_client_policy",
+                             reason="pip install --no-deps openpi-client (it declares numpy<2)")
+
+CHUNK = 4
+
+
+@pytest.fixture(params=[None, "bimanual_30hz"], ids=["synthetic", "bimanual_30hz"])
+def checkpoint(request, tmp_path):
+    from xr0.run import fit
+
+    emb = request.param
+    extra = [] if emb is None else [f"embodiment={emb}", f"data.embodiment={emb}"]
+    out = fit("recipes/tiny/stage2.yaml", ["stage.init_from=null", "trainer.max_steps=2",
+                                            f"run.out_dir={tmp_path / 'run'}", *extra])
+    return out / "checkpoints" / "last.ckpt", emb
+
+
+def _observation(meta, rng):
+    cams = meta["cameras"] or ["front"]
+    return {"observation/state": rng.uniform(-1, 1, meta["state_dim"]), "prompt": "stack the cups",
+            **{f"observation/{c}": rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for c in cams}}
+
+
+def test_fit_serve_and_drive_with_the_openpi_client(checkpoint):
+    from xr0 import embodiments
+
+    ckpt, emb = checkpoint
+    policy = load_local(str(ckpt))
+    srv = PolicyServer(policy, policy.metadata(), port=0)
+    srv.start()
+    try:
+        client = openpi.WebsocketClientPolicy(host="127.0.0.1", port=srv.port)
+        meta = client.get_server_metadata()
+        if emb is None:  # synthetic data: all 32 canonical dims, the statistics' action mask (7 valid)
+            want_a, want_s, cams = 7, 32, None
+        else:
+            robot = embodiments.get(emb)
+            want_a, want_s, cams = robot.action_dim, robot.state_dim, list(robot.cameras)
+        assert (meta["chunk_len"], meta["action_dim"], meta["state_dim"], meta["cameras"]) == \
+               (CHUNK, want_a, want_s, cams)
+        rng = np.random.default_rng(0)
+        obs = _observation(meta, rng)
+        out = client.infer(obs)
+        assert out["actions"].shape == (CHUNK, want_a) and np.all(np.isfinite(out["actions"]))
+        # a committed prefix in robot units (absolute, also on the relative dims) comes back unchanged
+        prefix = out["actions"][:2] + rng.uniform(-0.3, 0.3, (2, want_a)).astype(np.float32)
+        out2 = client.infer({**obs, "prefix_actions": prefix})
+        assert out2["actions"].shape == (CHUNK, want_a)
+        np.testing.assert_allclose(out2["actions"][:2], prefix, atol=1e-4)
+        if emb is not None:  # relative dims go back to absolute: a shifted state shifts those dims' chunk
+            robot = embodiments.get(emb)
+            rel = np.array(robot.relative, bool)
+            assert rel.any() and not rel.all()
+            shifted = {**obs, "observation/state": obs["observation/state"] + 0.5}
+            a = client.infer({**obs, "prefix_actions": prefix})["actions"]
+            b = client.infer({**shifted, "prefix_actions": prefix})["actions"]
+            np.testing.assert_allclose(b[:2], prefix, atol=1e-4)  # the prefix is absolute whatever the state
+            assert not np.allclose(a[2:], b[2:])
+        assert srv.counts["errors"] == 0
+    finally:
+        srv.stop()
