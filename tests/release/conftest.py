@@ -55,9 +55,9 @@ def released_dit_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def released_tensors(seed: int = 0, vlm_config: dict | None = None) -> dict[str, torch.Tensor]:
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
     import copy
+
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     vlm_config = VLM_CONFIG if vlm_config is None else vlm_config
     cfg = Qwen3VLConfig(**{k: copy.deepcopy(v) for k, v in vlm_config.items() if k != "model_type"})

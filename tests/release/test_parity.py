@@ -23,7 +23,6 @@ from xr0.backbones.tokenizer import ByteTokenizer
 from xr0.release.importer import import_release
 
 
-
 def _load_fixture_module():
     import importlib.util
     from pathlib import Path

@@ -36,7 +36,7 @@ def _release_tensors(root):
 
 def test_every_tensor_lands_where_the_map_says(release, tmp_path):
     rep = import_release(release, tmp_path / "imp", robot_type="libero_all")
-    tensors, meta = read_export(tmp_path / "imp")
+    tensors, _ = read_export(tmp_path / "imp")
     src = _release_tensors(release)
     for name, t in src.items():
         assert torch.equal(tensors[K.to_xr0(name)[0]], t), name
@@ -169,7 +169,7 @@ def test_export_adds_the_trained_embodiment(release, tmp_path):
 
 def test_export_refuses_tensors_the_release_cannot_hold(release, tmp_path):
     import_release(release, tmp_path / "imp")
-    tensors, meta = read_export(tmp_path / "imp")
+    tensors, _meta = read_export(tmp_path / "imp")
     tensors["head.choice_scores.weight"] = torch.zeros(2)
     from safetensors.torch import save_file
 

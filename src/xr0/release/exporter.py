@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from xr0.export import METADATA, META_KEYS, load_checkpoint, read_export
+from xr0.export import META_KEYS, METADATA, load_checkpoint, read_export
 from xr0.release import keymap as K
 from xr0.release import layout
 from xr0.release.importer import RELEASE_FILES, check_release_names
@@ -60,9 +60,9 @@ def merged_action_config(info: dict[str, Any], meta: dict[str, Any], allow_state
     stats, emb = meta.get("xr0_stats") or {}, meta.get("xr0_embodiment")
     if stats.get("state") is not None and not allow_state_norm:
         raise layout.ReleaseError(
-            f"xr0_stats.state: this model was trained on normalised states, but the released inference code "
-            f"feeds the raw state. Post-train with state normalisation off, or pass --allow-state-norm and "
-            f"normalise the state on the client yourself")
+            "xr0_stats.state: this model was trained on normalised states, but the released inference code "
+            "feeds the raw state. Post-train with state normalisation off, or pass --allow-state-norm and "
+            "normalise the state on the client yourself")
     actions = stats.get("actions") or {}
     if emb and "mean" in actions and "std" in actions:
         chunk = int(info["config"]["action_length"])

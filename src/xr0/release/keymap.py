@@ -21,8 +21,9 @@ If the xr0 DiT head or backbone renames a parameter, change the xr0 column here 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 # Where the Hugging Face model sits inside an xr0 stage's state_dict, and where it sits in the release.
 # xr0: the stage's `backbone` attribute holds the adapter, whose `model` is Qwen3VLForConditionalGeneration.
@@ -134,10 +135,10 @@ def eval_shape(shape: Iterable[str], d: dict[str, int]) -> tuple[int, ...]:
 def vlm_shapes(vlm_config: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], bool]:
     """HF parameter name -> shape of transformers' Qwen3-VL built from `vlm_config` (meta device, no memory),
     and whether lm_head is tied to the input embeddings (then a release may omit it)."""
+    import copy
+
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    import copy
 
     # deep copy: transformers rewrites nested dicts in place (rope_scaling gains rope_theta), which would
     # leak into the config.json an export writes back

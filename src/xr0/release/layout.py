@@ -9,8 +9,9 @@ as `a * std + mean` and takes a dimension as valid when `std > 1e-5`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
