@@ -23,10 +23,12 @@ def target_velocity(actions: Tensor, noise: Tensor) -> Tensor:
     return actions - noise  # (B, T, D)
 
 
-def prefix_positions(prefix_len: Tensor | None, batch: int, chunk: int, device) -> Tensor:
-    """(B, T) bool, True on the clean committed prefix actions."""
+def prefix_positions(prefix_len: Tensor | int | None, batch: int, chunk: int, device) -> Tensor:
+    """(B, T) bool, True on the clean committed prefix actions; prefix_len (B,) or one int for all."""
     if prefix_len is None:
         return torch.zeros(batch, chunk, dtype=torch.bool, device=device)
+    if not torch.is_tensor(prefix_len):
+        prefix_len = torch.full((batch,), int(prefix_len), dtype=torch.long)
     return torch.arange(chunk, device=device)[None, :] < prefix_len.to(device)[:, None]
 
 

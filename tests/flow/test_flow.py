@@ -53,3 +53,10 @@ def test_prefix_is_returned_unchanged_and_carries_tau_one():
     assert torch.allclose(shared, torch.full((2, 2), 0.3))
     with pytest.raises(ValueError, match="prefix_tau"):
         token_tau(torch.zeros(1), torch.zeros(1, 1, dtype=torch.bool), "half")
+
+
+def test_prefix_length_may_be_one_int_for_the_batch():
+    from xr0.flow import prefix_positions
+
+    assert torch.equal(prefix_positions(2, 3, 4, "cpu"), prefix_positions(torch.tensor([2, 2, 2]), 3, 4, "cpu"))
+    assert not prefix_positions(0, 2, 4, "cpu").any()

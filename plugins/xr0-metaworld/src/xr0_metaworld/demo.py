@@ -28,7 +28,8 @@ def train_chain(out: Path, data: Path, steps: tuple[int, int, int], variant: str
     """Stages 1 → 2 → 3 (or only 3 from a given stage-2 checkpoint); returns each stage's run folder."""
     from xr0.run import fit
 
-    common = [f"_data={data}", f"_out={out}"] + list(extra or [])
+    # a progress bar on every training run: these are the long parts of the demo
+    common = [f"_data={data}", f"_out={out}", "trainer.enable_progress_bar=true"] + list(extra or [])
     runs: dict[str, Path] = {}
     if stage2 is None:
         runs["stage1"] = fit(str(RECIPES / "stage1.yaml"), common + [f"trainer.max_steps={steps[0]}"])
