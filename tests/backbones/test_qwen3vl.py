@@ -1,5 +1,7 @@
 """The Qwen3-VL adapter on a tiny random config: preprocessing parity with transformers' image processor,
 the context the DiT reads, freezing, LoRA, stage-1 extra tokens and the VL loss."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -116,3 +118,181 @@ def test_lm_loss_covers_answer_tokens_only(vlm):
     ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                             labels[:, 1:].reshape(-1), ignore_index=-100)
     assert torch.allclose(loss, ref) and torch.equal(lab, labels)
+
+
+# ---------------------------------------------------------------- positions, cameras, prompts, options
+
+def test_next_position_ignores_padding_and_continues_the_models_text_positions(vlm):
+    imgs, mask = batch()
+    texts = ["pick up the red block and put it in the bowl", "go"]
+    inputs = vlm.prepare(imgs, mask, texts)
+    with torch.no_grad():
+        ctx = vlm.context(inputs, 1)
+        alone = vlm.context(vlm.prepare(imgs[1:], mask[1:], texts[1:]), 1)  # the short prompt with no padding
+    assert inputs["attention_mask"][1].sum() < inputs["attention_mask"].shape[1]  # sample 1 is padded
+    assert ctx.next_position[1] == alone.next_position[0]
+    valid = inputs["attention_mask"].bool()
+    # the padded sample's real keys are the unpadded run's: padding changes nothing
+    assert torch.allclose(ctx.keys[0][1][:, valid[1]], alone.keys[0][0], atol=1e-5)
+    # three text tokens appended after every prompt get, from the model's own rope index, next_position + 0, 1, 2
+    # on all three M-RoPE axes, and the rotary function gives what the model applies at those positions
+    n = 3
+    ext = {**inputs,
+           "input_ids": torch.cat([inputs["input_ids"], torch.full((2, n), ord("x"))], 1),
+           "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(2, n, dtype=torch.long)], 1),
+           "mm_token_type_ids": torch.cat([inputs["mm_token_type_ids"], torch.zeros(2, n, dtype=torch.int)], 1)}
+    pos, _ = vlm.hf.model.get_rope_index(ext["input_ids"], ext["mm_token_type_ids"], ext["image_grid_thw"],
+                                         attention_mask=ext["attention_mask"])  # (3, B, S+n)
+    want = ctx.next_position[:, None] + torch.arange(n)[None]  # (B, n)
+    assert all(torch.equal(pos[axis, :, -n:], want) for axis in range(3))
+    cos, sin = ctx.rope(want)
+    assert cos.shape == (2, n, vlm.head_dim)
+    ref_cos, ref_sin = vlm.hf.model.language_model.rotary_emb(ctx.hidden, pos[:, :, -n:])
+    assert torch.allclose(cos, ref_cos) and torch.allclose(sin, ref_sin)
+
+
+def test_context_shapes_and_dtypes(vlm):
+    imgs, mask = batch(b=2, v=3, hw=28)
+    inputs = vlm.prepare(imgs, mask, ["a", "b"])
+    s = inputs["input_ids"].shape[1]
+    assert inputs["pixel_values"].shape == (2 * 3 * 4, 3 * 2 * 14 * 14)  # 2x2 patches per 28x28 view
+    assert (inputs["input_ids"] == vlm.tokenizer.special("<|image_pad|>")).sum(1).tolist() == [3, 3]  # 1 per view
+    with torch.no_grad():
+        ctx = vlm.context(inputs, vlm.num_layers)
+    assert len(ctx.keys) == len(ctx.values) == vlm.num_layers
+    assert all(k.shape == (2, vlm.num_kv_heads, s, vlm.head_dim) and k.dtype == torch.float32 for k in ctx.keys)
+    assert ctx.attention_mask.dtype == torch.bool and ctx.attention_mask.shape == (2, s)
+    assert ctx.next_position.dtype == torch.long and ctx.next_position.shape == (2,)
+    assert ctx.hidden.shape == (2, s, vlm.hidden_size) and ctx.extra_hidden is None
+    with pytest.raises(ValueError, match="last 5 VLM layers but the VLM has 4"):
+        vlm.context(inputs, 5)
+
+
+def test_missing_camera_is_fed_as_a_zero_frame(vlm):
+    imgs, mask = batch()
+    mask[0, 1] = False
+    zeroed = imgs.clone()
+    zeroed[0, 1] = 0
+    a = vlm.prepare(imgs, mask, ["a", "b"])
+    b = vlm.prepare(zeroed, torch.ones_like(mask), ["a", "b"])
+    assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["input_ids"], b["input_ids"])
+    assert not torch.equal(a["pixel_values"], vlm.prepare(imgs, torch.ones_like(mask), ["a", "b"])["pixel_values"])
+
+
+def test_instruction_is_truncated_not_the_template():
+    vlm = BACKBONES.build("qwen3vl", max_text_tokens=5)
+    imgs, mask = batch(b=1)
+    ids = vlm.prepare(imgs, mask, ["pick up the red block"])["input_ids"][0].tolist()
+    text = vlm.tokenizer.decode(ids)
+    assert "pick " in text and "pick u" not in text  # 5 bytes of the instruction
+    tail = vlm.tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n")
+    assert ids[-len(tail):] == tail
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        vlm = BACKBONES.build("qwen3vl", gradient_checkpointing=ckpt)
+        vlm.train()
+        imgs, mask = batch()
+        ctx = vlm.context(vlm.prepare(imgs, mask, ["a", "bb"]), 2)
+        (ctx.keys[-1].square().sum() + ctx.values[0].sum()).backward()
+        lm = vlm.hf.model.language_model
+        grads.append(torch.cat([lm.layers[0].mlp.up_proj.weight.grad.flatten(),
+                                vlm.hf.model.visual.patch_embed.proj.weight.grad.flatten()]))
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_recipe_validation_catches_bad_options():
+    from xr0.backbones.qwen3vl import Qwen3VLBackbone
+
+    check = Qwen3VLBackbone.__xr0_validate__
+    assert check({"tiny": {}, "lora": {"r": 4}}) == []
+    assert any("unknown keys ['rank']" in p for p in check({"lora": {"rank": 4}}))
+    assert any("drop one of freeze / lora" in p for p in check({"lora": {"r": 4}, "freeze": True}))
+    assert any("mrope_section must sum to head_dim/2 = 8" in p
+               for p in check({"tiny": {"text_config": {"head_dim": 16}}}))
+    with pytest.raises(ValueError, match="drop one of freeze / lora"):
+        BACKBONES.build("qwen3vl", lora={"r": 2}, freeze=True)
+
+
+def test_pretrained_needs_a_local_directory_with_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json there"):
+        BACKBONES.build("qwen3vl", pretrained=str(tmp_path))
+
+
+def test_published_4b_architecture_has_4_44b_parameters():
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from xr0.backbones import qwen3vl_4b_config
+
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing loaded
+        model = Qwen3VLForConditionalGeneration(qwen3vl_4b_config())
+    assert sum(p.numel() for p in model.parameters()) == 4_437_815_808
+
+
+# ---------------------------------------------------------------- a Hugging Face tokenizer with a chat template
+
+# A minimal Qwen-VL-style ChatML template (user turn: one vision block per image, then text).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}"
+    "{% if c.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% elif c.type == 'text' %}{{ c.text }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _byte_level_tokenizer_dir(path, chat_template_file: bool):
+    """A byte-level HF tokenizer whose ids equal ByteTokenizer's (bytes 0..255, then the same specials)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from xr0.backbones.tokenizer import SPECIALS
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    # GPT-2's byte→unicode map, so that id == byte value
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, extra = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    vocab = {chr(c): b for b, c in zip(bs, cs)}
+    assert set(vocab) == set(byte_chars)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
+    if not chat_template_file:
+        fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    if chat_template_file:  # as processor folders ship it
+        (path / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    return str(path)
+
+
+@pytest.mark.parametrize("template_file", [False, True])
+def test_hf_tokenizer_chat_template_gives_the_same_prompt(vlm, tmp_path, template_file):
+    from xr0.backbones.tokenizer import ByteTokenizer, HFTokenizer
+
+    path = _byte_level_tokenizer_dir(tmp_path, template_file)
+    hf_tok = HFTokenizer(path)
+    assert hf_tok.tok.chat_template == CHAT_TEMPLATE
+    assert [hf_tok.special(s) for s in ("<|im_start|>", "<|image_pad|>")] == [257, 261]
+    assert hf_tok.encode("a<|im_end|>") == ByteTokenizer().encode("a<|im_end|>") == [97, 258]
+    torch.manual_seed(0)
+    with_hf = BACKBONES.build("qwen3vl", tokenizer=path)
+    imgs, mask = batch()
+    texts, answers = ["pick up the red block", "go"], ["yes", "on the left"]
+    a = with_hf.prepare(imgs, mask, texts, answers=answers)
+    b = vlm.prepare(imgs, mask, texts, answers=answers)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
+    path = _byte_level_tokenizer_dir(tmp_path, False)
+    with pytest.raises(ValueError, match="tokenizer has 264 tokens but the VLM's vocabulary only 200"):
+        BACKBONES.build("qwen3vl", tokenizer=path, tiny={"text_config": {"vocab_size": 200}})

@@ -24,6 +24,7 @@ from xr0.types import VLMContext
 
 IGNORE = -100
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
 
 
 class _PrefillCache(DynamicCache):
@@ -88,6 +89,9 @@ class Qwen3VLBackbone(nn.Module):
             self.tokenizer = HFTokenizer(tokenizer)
         self.image_mean, self.image_std = mean, std
         cfg = self.model.config
+        if self.tokenizer.vocab_size > cfg.text_config.vocab_size:
+            raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the VLM's vocabulary only "
+                             f"{cfg.text_config.vocab_size}; use the tokenizer that belongs to the model")
         text = cfg.text_config
         self.hidden_size, self.num_layers = text.hidden_size, text.num_hidden_layers
         self.num_kv_heads, self.head_dim = text.num_key_value_heads, text.head_dim
@@ -96,15 +100,19 @@ class Qwen3VLBackbone(nn.Module):
         self.max_text_tokens = max_text_tokens
         self.frozen = freeze
         if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             for layer in self.model.model.language_model.layers:
                 layer._can_checkpoint_with_cache = True  # safe with _PrefillCache (overwrites on recompute)
+        problems = self.__xr0_validate__({"lora": lora, "freeze": freeze})
+        if problems:
+            raise ValueError("; ".join(problems))
         if lora:
             from peft import LoraConfig, get_peft_model
 
-            allowed = {"r", "alpha", "dropout", "target_modules"}
-            if set(lora) - allowed:
-                raise ValueError(f"backbone.lora: unknown keys {sorted(set(lora) - allowed)}; valid: {sorted(allowed)}")
             self.model = get_peft_model(self.model, LoraConfig(
                 r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.0),
                 target_modules=lora.get("target_modules", DEFAULT_LORA_TARGETS)))
@@ -112,6 +120,27 @@ class Qwen3VLBackbone(nn.Module):
             for p in self.model.parameters():
                 p.requires_grad_(False)
             self.model.eval()
+
+    @staticmethod
+    def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
+        """Recipe checks that need no model or files: LoRA keys, tiny-config keys, freeze vs LoRA (weights folders
+        are checked when built: recipes are validated on machines without them)."""
+        problems = []
+        lora = kwargs.get("lora")
+        if lora:
+            bad = sorted(set(lora) - LORA_KEYS)
+            if bad:
+                problems.append(f"backbone.lora: unknown keys {bad}; valid: {sorted(LORA_KEYS)}")
+            if kwargs.get("freeze"):
+                problems.append("backbone: freeze: true also freezes the LoRA adapters, so nothing in the VLM would "
+                                "train; LoRA already keeps the base weights fixed: drop one of freeze / lora")
+        tiny = kwargs.get("tiny")
+        if tiny:
+            try:
+                tiny_qwen3vl_config(tiny)
+            except (KeyError, ValueError, TypeError) as e:
+                problems.append(f"backbone.tiny: {e}")
+        return problems
 
     @property
     def hf(self) -> nn.Module:
@@ -123,15 +152,19 @@ class Qwen3VLBackbone(nn.Module):
 
     # ------------------------------------------------------------------ inputs
     def _prompt_ids(self, n_views: int, tokens_per_view: int, text: str, answer: str | None) -> tuple[list[int], int]:
-        sp = self.tokenizer.special
-        ids = [sp("<|im_start|>")] + self.tokenizer.encode("user\n")
-        for _ in range(n_views):
-            ids += [sp("<|vision_start|>")] + [sp("<|image_pad|>")] * tokens_per_view + [sp("<|vision_end|>")]
-        ids += self.tokenizer.encode(text)[: self.max_text_tokens]
-        ids += [sp("<|im_end|>")] + self.tokenizer.encode("\n") + [sp("<|im_start|>")] + self.tokenizer.encode("assistant\n")
+        tok = self.tokenizer
+        text_ids = tok.encode(text)
+        if len(text_ids) > self.max_text_tokens:  # truncate the instruction, never the template around it
+            text = tok.decode(text_ids[: self.max_text_tokens])
+        ids = tok.encode(tok.chat_prompt(n_views, text))
+        pad = tok.special("<|image_pad|>")
+        if ids.count(pad) != n_views:
+            raise ValueError(f"the chat template rendered {ids.count(pad)} <|image_pad|> tokens for {n_views} camera "
+                             f"views (instruction {text!r}); the template must place one per image")
+        ids = [j for i in ids for j in ([pad] * tokens_per_view if i == pad else [i])]  # one pad per merged patch
         n_prompt = len(ids)
         if answer is not None:
-            ids += self.tokenizer.encode(answer)[: self.max_text_tokens] + [sp("<|im_end|>")]
+            ids += tok.encode(answer)[: self.max_text_tokens] + [tok.special("<|im_end|>")]
         return ids, n_prompt
 
     def prepare(self, images: Tensor, image_mask: Tensor | None, texts: list[str],
