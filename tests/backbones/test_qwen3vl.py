@@ -114,6 +114,8 @@ def test_lm_loss_covers_answer_tokens_only(vlm):
     labels = inputs["labels"]
     n_answer = (labels != -100).sum(1)
     assert n_answer.tolist() == [len("yes") + 1, len("on the left") + 1]  # bytes + <|im_end|>
+    assert labels[0][labels[0] != -100].tolist() == vlm.tokenizer.encode("yes<|im_end|>")
+    assert labels[:, -1].tolist() == [vlm.tokenizer.special("<|im_end|>")] * 2  # answers end every left-padded row
     loss, logits, lab = vlm.lm_loss(inputs)
     ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                             labels[:, 1:].reshape(-1), ignore_index=-100)
@@ -296,3 +298,47 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
     path = _byte_level_tokenizer_dir(tmp_path, False)
     with pytest.raises(ValueError, match="tokenizer has 264 tokens but the VLM's vocabulary only 200"):
         BACKBONES.build("qwen3vl", tokenizer=path, tiny={"text_config": {"vocab_size": 200}})
+
+
+def test_prepare_pixels_match_the_image_processor_at_float32(vlm):
+    rng = np.random.default_rng(2)
+    imgs = rng.integers(0, 256, size=(2, 2, 28, 56, 3), dtype=np.uint8)  # (B, V, H, W, C)
+    ref = Qwen2VLImageProcessor(do_resize=False, patch_size=14, temporal_patch_size=2, merge_size=2)(
+        images=list(imgs.reshape(4, 28, 56, 3)), return_tensors="pt")
+    x = torch.from_numpy(imgs).permute(0, 1, 4, 2, 3).float() / 255
+    ours = vlm.prepare(x, torch.ones(2, 2, dtype=torch.bool), ["a", "b"])
+    assert torch.equal(ours["image_grid_thw"], ref["image_grid_thw"])
+    assert (ours["pixel_values"] - ref["pixel_values"]).abs().max() <= 1e-5
+
+
+def test_bfloat16_context():
+    torch.manual_seed(0)
+    vlm = BACKBONES.build("qwen3vl", dtype="bfloat16", freeze=True)
+    imgs, mask = batch()
+    ctx = vlm.context(vlm.prepare(imgs, mask, ["a", "b"]), 2)
+    assert ctx.keys[0].dtype == torch.bfloat16 and torch.isfinite(ctx.keys[0].float()).all()
+    cos, _ = ctx.rope(ctx.next_position[:, None])
+    assert cos.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="backbone.dtype='bf16'"):
+        BACKBONES.build("qwen3vl", dtype="bf16")
+
+
+def test_extra_tokens_sit_right_after_each_prompt_despite_padding(vlm):
+    imgs, mask = batch()
+    extra = torch.randn(2, 2, vlm.hidden_size)
+    with torch.no_grad():
+        both = vlm.context(vlm.prepare(imgs, mask, ["pick up the red block", "go"]), 1, extra_embeds=extra)
+        alone = vlm.context(vlm.prepare(imgs[1:], mask[1:], ["go"]), 1, extra_embeds=extra[1:])
+    assert torch.allclose(both.extra_hidden[1], alone.extra_hidden[0], atol=1e-5)
+    assert both.next_position[1] == alone.next_position[0]
+
+
+def test_lora_gradients_reach_the_adapters_through_the_keys():
+    torch.manual_seed(0)
+    vlm = BACKBONES.build("qwen3vl", lora={"r": 4, "alpha": 8})
+    imgs, mask = batch()
+    ctx = vlm.context(vlm.prepare(imgs, mask, ["a", "b"]), 2)
+    ctx.keys[-1].sum().backward()
+    grads = {n: p.grad for n, p in vlm.named_parameters() if p.requires_grad}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_A" in n or "lora_B" in n)
+    assert all(p.grad is None for n, p in vlm.named_parameters() if not p.requires_grad)

@@ -25,6 +25,7 @@ from xr0.types import VLMContext
 IGNORE = -100
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class _PrefillCache(DynamicCache):
@@ -66,6 +67,10 @@ class Qwen3VLBackbone(nn.Module):
         super().__init__()
         from transformers import Qwen3VLForConditionalGeneration
 
+        problems = self.__xr0_validate__({"lora": lora, "freeze": freeze, "dtype": dtype})
+        if problems:
+            raise ValueError("; ".join(problems))
+
         mean, std = CLIP_MEAN, CLIP_STD
         if pretrained:
             path = Path(pretrained)
@@ -85,6 +90,8 @@ class Qwen3VLBackbone(nn.Module):
         else:
             self.model = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(tiny))
             self.tokenizer = ByteTokenizer()
+        if dtype and not pretrained:  # random init is float32; the benchmark runs the 4B architecture in bf16
+            self.model.to(getattr(torch, dtype))
         if tokenizer and not isinstance(self.tokenizer, HFTokenizer):
             self.tokenizer = HFTokenizer(tokenizer)
         self.image_mean, self.image_std = mean, std
@@ -107,9 +114,6 @@ class Qwen3VLBackbone(nn.Module):
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             for layer in self.model.model.language_model.layers:
                 layer._can_checkpoint_with_cache = True  # safe with _PrefillCache (overwrites on recompute)
-        problems = self.__xr0_validate__({"lora": lora, "freeze": freeze})
-        if problems:
-            raise ValueError("; ".join(problems))
         if lora:
             from peft import LoraConfig, get_peft_model
 
@@ -134,6 +138,9 @@ class Qwen3VLBackbone(nn.Module):
             if kwargs.get("freeze"):
                 problems.append("backbone: freeze: true also freezes the LoRA adapters, so nothing in the VLM would "
                                 "train; LoRA already keeps the base weights fixed: drop one of freeze / lora")
+        if kwargs.get("dtype") not in (None, *DTYPES):
+            problems.append(f"backbone.dtype={kwargs['dtype']!r}: use one of {list(DTYPES)} (or null for the "
+                            f"checkpoint's own dtype)")
         tiny = kwargs.get("tiny")
         if tiny:
             try:
