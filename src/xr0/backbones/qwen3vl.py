@@ -1,9 +1,11 @@
 """Backbone adapter over transformers' Qwen3VLForConditionalGeneration (SPEC §1.1).
 
-`prepare` turns images + instructions into model inputs (our own chat layout and patchify, so nothing
-depends on the torchvision-backed processors); `context` runs one forward with use_cache=True and hands the
-DiT the last K layers' rotated K/V, the padding mask, the next free position and the VLM's rotary function.
-Prompts are LEFT-padded, so stage-1 extra tokens appended at the end sit right after every prompt.
+`prepare` turns images + instructions into model inputs (the tokenizer's chat template and our own torch
+patchify, so nothing depends on the torchvision-backed processors); `context` runs one forward with
+use_cache=True and hands the DiT the last K layers' rotated K/V, the padding mask, the next free position and
+the VLM's rotary function. Prompts are LEFT-padded, so stage-1 extra tokens appended at the end sit right
+after every prompt. A missing camera (image_mask False) is fed as an all-zero frame with its image tokens
+kept, so shapes stay static across batches and the VLM sees a black image.
 """
 from __future__ import annotations
 
