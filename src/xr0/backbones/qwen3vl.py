@@ -98,7 +98,8 @@ class Qwen3VLBackbone(nn.Module):
             self.tokenizer = HFTokenizer(tokenizer)
         self.image_mean, self.image_std = mean, std
         cfg = self.model.config
-        if self.tokenizer.vocab_size > cfg.text_config.vocab_size:
+        # a real tokenizer must fit the model; the byte fallback on a config-only build is a placeholder
+        if isinstance(self.tokenizer, HFTokenizer) and self.tokenizer.vocab_size > cfg.text_config.vocab_size:
             raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the VLM's vocabulary only "
                              f"{cfg.text_config.vocab_size}; use the tokenizer that belongs to the model")
         text = cfg.text_config
