@@ -27,14 +27,16 @@ class Bench:
     @staticmethod
     def run(args):
         from xr0 import bench
+        from xr0.bench.infer import bench_infer
+        from xr0.bench.train import bench_train
 
         if args.what == "infer":
-            res = bench.bench_infer(args.scale, args.device, args.iters, args.warmup, args.steps)
+            res = bench_infer(args.scale, args.device, args.iters, args.warmup, args.steps)
             print(f"[xr0 bench infer] {res['scale']} on {res['device']}: p50 {res['total_ms']['p50_ms']:.2f} ms "
                   f"p99 {res['total_ms']['p99_ms']:.2f} ms (vision {res['vision_ms']['p50_ms']:.2f}, prefill "
                   f"{res['prefill_ms']['p50_ms']:.2f}, {res['steps']} DiT steps {res['dit_steps_ms']['p50_ms']:.2f})")
         else:
-            res = bench.bench_train(args.scale, args.device, args.stage, args.batch, args.iters, args.warmup)
+            res = bench_train(args.scale, args.device, args.stage, args.batch, args.iters, args.warmup)
             print(f"[xr0 bench train] {res['scale']} {res['stage']} on {res['device']}: batch {res['batch']}, "
                   f"step p50 {res['step_ms']['p50_ms']:.1f} ms, {res['samples_per_s']:.1f} samples/s")
         print(bench.write(res, args.out))

@@ -71,57 +71,8 @@ def summary(ms: list[float]) -> dict[str, float]:
     return {"p50_ms": statistics.median(q), "p99_ms": q[min(len(q) - 1, int(0.99 * len(q)))], "n": len(q)}
 
 
-def bench_infer(scale: str = "tiny", device: str = "cpu", iters: int = 100, warmup: int = 10,
-                steps: int = 5) -> dict[str, Any]:
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    policy, s = build_policy(scale, device, dtype)
-    batch = make_batch(s, 1, device, dtype)
-    with torch.inference_mode():
-        inputs = policy.backbone.prepare(batch["images"], batch["image_mask"], batch["instruction"])
-        ctx = policy.context(batch)
-        hf = policy.backbone.hf
-        parts = {
-            "vision_ms": summary(timed(lambda: hf.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]),
-                                       iters, warmup, device)),
-            "prefill_ms": summary(timed(lambda: policy.context(batch), iters, warmup, device)),
-            "dit_steps_ms": summary(timed(lambda: policy.sample(ctx, batch, steps=steps), iters, warmup, device)),
-            "total_ms": summary(timed(lambda: policy.predict_chunk(batch, steps=steps), iters, warmup, device)),
-        }
-    return {"kind": "infer", "scale": scale, "device": _device_name(device), "steps": steps,
-            "vlm_tokens": int(ctx.attention_mask.shape[1]), **parts}
-
-
-def bench_train(scale: str = "tiny", device: str = "cpu", stage: str = "post_train", batch: int = 2,
-                iters: int = 10, warmup: int = 3) -> dict[str, Any]:
-    """Samples/s of one optimiser step (stage 2 = frozen VLM, stage 3 = full model, async prefix)."""
-    policy, s = build_policy(scale, device, torch.float32)
-    policy.train()
-    if stage == "dit_flow":
-        for p in policy.backbone.parameters():
-            p.requires_grad_(False)
-        policy.backbone.frozen = True
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5,
-                            fused=device.startswith("cuda"))
-    data = make_batch(s, batch, device, torch.float32)
-    autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
-                              enabled=device.startswith("cuda"))
-
-    def step():
-        with autocast:
-            ctx = policy.context(data)
-            plen = torch.randint(0, 7, (batch,), device=device) if stage == "post_train" else None
-            loss = policy.flow_loss(data, ctx, prefix_len=plen)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    ms = summary(timed(step, iters, warmup, device))
-    return {"kind": "train", "scale": scale, "stage": stage, "device": _device_name(device), "batch": batch,
-            "step_ms": ms, "samples_per_s": batch / (ms["p50_ms"] / 1e3)}
-
-
-def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+def device_name(device: str) -> str:
+    return torch.cuda.getdevice_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def write(result: dict[str, Any], out: str | None) -> str:
