@@ -28,7 +28,7 @@ def prefix_positions(prefix_len: Tensor | int | None, batch: int, chunk: int, de
     if prefix_len is None:
         return torch.zeros(batch, chunk, dtype=torch.bool, device=device)
     if not torch.is_tensor(prefix_len):
-        prefix_len = torch.full((batch,), int(prefix_len), dtype=torch.long)
+        prefix_len = torch.full((batch,), int(prefix_len), dtype=torch.long, device=device)
     return torch.arange(chunk, device=device)[None, :] < prefix_len.to(device)[:, None]
 
 
@@ -36,10 +36,9 @@ def token_tau(tau: Tensor, is_prefix: Tensor, prefix_tau: str = "one") -> Tensor
     """Per-token τ (B, T): noisy tokens carry τ; prefix tokens carry 1 (`one`) or the same τ (`shared`)."""
     if prefix_tau not in ("one", "shared"):
         raise ValueError(f"prefix_tau must be 'one' or 'shared', got {prefix_tau!r}")
-    t = tau[:, None].expand_as(is_prefix).clone() if tau.dim() == 1 else tau.clone()  # (B, T)
-    if prefix_tau == "one":
-        t[is_prefix] = 1.0
-    return t
+    t = tau[:, None].expand_as(is_prefix) if tau.dim() == 1 else tau  # (B, T)
+    # torch.where, not boolean indexing: no host sync, so the sampler can run inside a CUDA graph
+    return torch.where(is_prefix, torch.ones_like(t), t) if prefix_tau == "one" else t.clone()
 
 
 @torch.no_grad()

@@ -41,20 +41,24 @@ class Policy(nn.Module):
         b, t, _ = x_tau.shape
         is_prefix = flow.prefix_positions(prefix_len, b, t, x_tau.device)  # (B,T)
         amask = batch["action_mask"].to(x_tau.dtype)[:, None, :]  # (B,1,A)
-        mask = self.mask(t, prefix_len, training=training)
+        mask = self.mask(t, prefix_len, training=training, device=x_tau.device)
         return self.head(ctx, batch["state"], x_tau * amask, tau, mask, noisy=~is_prefix)  # (B,T,A)
 
     @torch.no_grad()
     def sample(self, ctx: VLMContext, batch: dict[str, Any], prefix: Tensor | None = None,
                prefix_len: Tensor | None = None, steps: int | None = None, noise: Tensor | None = None) -> Tensor:
-        """Euler from noise to actions on a fixed context; prefix (B,T,A) rows < prefix_len stay clean."""
-        b, a_dim = batch["state"].shape[0], batch["action_mask"].shape[-1]
-        t = self.head.chunk
+        """Euler from noise to actions on a fixed context; prefix (B,T,A) rows < prefix_len stay clean.
+        K/V, RoPE and mask are prepared once and reused by every step; nothing in the loop syncs with the host."""
+        state, amask = batch["state"], batch["action_mask"]
+        b, a_dim, t = state.shape[0], amask.shape[-1], self.head.chunk
         if noise is None:
-            noise = torch.randn(b, t, a_dim, device=batch["state"].device, dtype=batch["state"].dtype)
-        fn = lambda x, tau: self.velocity(ctx, batch, x, tau, prefix_len)
+            noise = torch.randn(b, t, a_dim, device=state.device, dtype=state.dtype)
+        is_prefix = flow.prefix_positions(prefix_len, b, t, noise.device)  # (B,T)
+        inputs = self.head.prepare(ctx, self.mask(t, prefix_len, training=False, device=noise.device), ~is_prefix)
+        amask = amask.to(noise.dtype)[:, None, :]  # (B,1,A)
+        fn = lambda x, tau: self.head.step(inputs, state, x * amask, tau)
         x = flow.euler_sample(fn, noise, steps or self.flow_steps, prefix, prefix_len, self.head.prefix_tau)
-        return x * batch["action_mask"].to(x.dtype)[:, None, :]  # (B,T,A)
+        return x * amask  # (B,T,A)
 
     @torch.no_grad()
     def predict_chunk(self, batch: dict[str, Any], prefix: Tensor | None = None, steps: int | None = None,

@@ -83,11 +83,14 @@ def make_batch(seed=1):
 
 def test_predict_chunk_runs_the_vlm_once_for_five_steps():
     policy, batch = make_policy(), make_batch()
-    dit_calls = []
-    policy.head.register_forward_hook(lambda *a: dit_calls.append(1))
+    dit_calls, prepares = [], []
+    step, prepare = policy.head.step, policy.head.prepare
+    policy.head.step = lambda *a: dit_calls.append(1) or step(*a)
+    policy.head.prepare = lambda *a: prepares.append(1) or prepare(*a)
     out = policy.predict_chunk(batch, steps=5)
     assert out.shape == (B, T, 32)
-    assert policy.backbone.calls == 1 and len(dit_calls) == 5
+    # the VLM runs once and the DiT's K/V, RoPE and mask are prepared once for the five steps
+    assert policy.backbone.calls == 1 and len(dit_calls) == 5 and len(prepares) == 1
     assert (out[:, :, 7:] == 0).all() and out[:, :, :7].abs().sum() > 0  # invalid dims are zero
 
 

@@ -41,7 +41,7 @@ def test_predict_chunk_calls_the_vlm_once_for_five_steps(frozen):
     vlm_calls, vis_calls, dit_calls = [], [], []
     h0 = frozen.backbone.hf.model.visual.register_forward_hook(lambda *a: vis_calls.append(1))
     h1 = frozen.backbone.hf.model.language_model.register_forward_hook(lambda *a: vlm_calls.append(1))
-    h2 = frozen.head.register_forward_hook(lambda *a: dit_calls.append(1))
+    h2 = frozen.head.blocks[0].register_forward_hook(lambda *a: dit_calls.append(1))
     try:
         out = frozen.predict_chunk(batch, prefix=batch["actions"][:, :1], steps=5)
     finally:

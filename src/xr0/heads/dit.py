@@ -11,6 +11,8 @@ here → change the xr0 column there (tests/heads/test_dit.py checks that every 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,6 +23,17 @@ from xr0.types import ACTION_DIM, VLMContext
 
 EPS = 1e-6
 PREFIX_TAU = ("one", "shared")
+
+
+@dataclass
+class DiTInputs:
+    """What every flow step on one VLM context shares (DiT.prepare)."""
+
+    keys: list[Tensor]  # per DiT layer (B, H, S, hd): the VLM layer's rotated keys, expanded to the DiT's heads
+    values: list[Tensor]
+    cos: Tensor  # (B, n, hd) RoPE of the DiT tokens
+    sin: Tensor
+    mask: Tensor  # (B, 1, n, S+n) bool: DiT rows over [VLM tokens ; DiT tokens]
 
 
 class Attention(nn.Module):
@@ -35,16 +48,14 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=EPS)
 
     def forward(self, x: Tensor, vlm_k: Tensor, vlm_v: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
+        """vlm_k, vlm_v (B,H,S,hd) already expanded to this layer's heads (DiT.prepare); mask (B,1,N,S+N)."""
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)  # 3×(B,N,H,hd)
         q, k = self.q_norm(q).transpose(1, 2), self.k_norm(k).transpose(1, 2)  # (B,H,N,hd)
         q, k, v = apply_rope(q, cos, sin), apply_rope(k, cos, sin), v.transpose(1, 2)  # (B,H,N,hd)
-        # grouped VLM KV heads: repeat so they concatenate with the DiT's own full-head K/V
-        rep = self.num_heads // vlm_k.shape[1]
-        vlm_k, vlm_v = vlm_k.repeat_interleave(rep, dim=1), vlm_v.repeat_interleave(rep, dim=1)  # (B,H,S,hd)
         k = torch.cat([vlm_k.to(k.dtype), k], dim=2)  # (B,H,S+N,hd)
         v = torch.cat([vlm_v.to(v.dtype), v], dim=2)  # (B,H,S+N,hd)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])  # (B,H,N,hd)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B,H,N,hd)
         return self.out(o.transpose(1, 2).reshape(b, n, -1))  # (B,N,D)
 
 
@@ -131,12 +142,33 @@ class DiT(nn.Module):
                 noisy: Tensor) -> Tensor:
         """Velocity (B,T,A). state (B,S), actions (B,T,A) clean prefix + noisy rest, tau (B,T) or (B,),
         mask (2+T, 2+T) or (B, 2+T, 2+T) over the DiT tokens, noisy (B,T) bool: tokens that get the RoPE offset."""
-        b, t, _ = actions.shape
+        return self.step(self.prepare(ctx, mask, noisy), state, actions, tau)
+
+    def prepare(self, ctx: VLMContext, mask: Tensor, noisy: Tensor) -> DiTInputs:
+        """Everything a flow step reuses from one context: VLM K/V per layer (expanded to the DiT's heads), the
+        RoPE of the DiT tokens and the attention mask. Euler sampling calls this once, then `step` per τ."""
+        b, t = noisy.shape
         n = 2 + t
         if len(ctx.keys) != self.depth:
             raise ValueError(f"the VLM context holds {len(ctx.keys)} layers but head.depth={self.depth}: "
                              f"call backbone.context(inputs, num_layers={self.depth})")
         self.check_backbone(len(ctx.keys), ctx.keys[0].shape[1], ctx.keys[0].shape[-1])
+        dev = ctx.keys[0].device
+        offset = torch.cat([noisy.new_zeros(b, 2), noisy], dim=1).long() * self.rope_offset  # (B,n)
+        pos = ctx.next_position[:, None] + torch.arange(n, device=dev)[None] + offset  # (B,n)
+        cos, sin = ctx.rope(pos)  # (B,n,hd)
+        dit_mask = mask.to(dev).bool().expand(b, n, n)  # (B,n,n)
+        vlm_mask = ctx.attention_mask.bool()[:, None, :].expand(b, n, -1)  # (B,n,S): every valid VLM token
+        full_mask = torch.cat([vlm_mask, dit_mask], dim=2)[:, None]  # (B,1,n,S+n)
+        rep = self.num_heads // ctx.keys[0].shape[1]  # grouped VLM KV heads → the DiT's heads
+        keys = [k if rep == 1 else k.repeat_interleave(rep, dim=1) for k in ctx.keys]  # each (B,H,S,hd)
+        values = [v if rep == 1 else v.repeat_interleave(rep, dim=1) for v in ctx.values]
+        return DiTInputs(keys, values, cos, sin, full_mask)
+
+    def step(self, inputs: DiTInputs, state: Tensor, actions: Tensor, tau: Tensor) -> Tensor:
+        """One velocity evaluation on prepared inputs: actions (B,T,A), tau (B,T) or (B,) → (B,T,A)."""
+        b, t, _ = actions.shape
+        n = 2 + t
         tau = tau[:, None].expand(b, t) if tau.dim() == 1 else tau  # (B,T)
         # SINK and state carry the sample's noise level: the smallest action τ (prefix tokens may carry 1)
         tau_tok = torch.cat([tau.min(dim=1, keepdim=True).values.expand(b, 2), tau], dim=1)  # (B,n)
@@ -144,15 +176,9 @@ class DiT(nn.Module):
                        self.action_mlp(actions)], dim=1)  # (B,n,D)
         t_emb = self.t_mlp(timestep_embedding(tau_tok, self.t_embed_dim).to(x.dtype))  # (B,n,D)
         mod = self.t_proj(t_emb).view(b, n, 6, self.width)  # (B,n,6,D)
-        offset = torch.cat([noisy.new_zeros(b, 2), noisy], dim=1).long() * self.rope_offset  # (B,n)
-        pos = ctx.next_position[:, None] + torch.arange(n, device=x.device)[None] + offset  # (B,n)
-        cos, sin = ctx.rope(pos)  # (B,n,hd)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        dit_mask = mask.to(x.device).bool().expand(b, n, n)  # (B,n,n)
-        vlm_mask = ctx.attention_mask.bool()[:, None, :].expand(b, n, -1)  # (B,n,S): every valid VLM token
-        full_mask = torch.cat([vlm_mask, dit_mask], dim=2)  # (B,n,S+n)
-        for block, k, v in zip(self.blocks, ctx.keys, ctx.values):
-            x = block(x, mod, k, v, cos, sin, full_mask)  # (B,n,D)
+        cos, sin = inputs.cos.to(x.dtype), inputs.sin.to(x.dtype)
+        for block, k, v in zip(self.blocks, inputs.keys, inputs.values):
+            x = block(x, mod, k, v, cos, sin, inputs.mask)  # (B,n,D)
         return self.out_mlp(x[:, 2:])  # (B,T,A)
 
     def fsdp_wrap_modules(self) -> set[type]:

@@ -1,7 +1,8 @@
 """Attention masks over the DiT tokens [SINK, state, a_0 … a_{T-1}] (SPEC §1.3). True = row may attend column.
 
 Every DiT token also sees every valid VLM token; these masks cover only the DiT-to-DiT block. A mask component
-is called as mask(num_actions, prefix_len, training). Prefix-column dropout (released code, off by default here:
+is called as mask(num_actions, prefix_len, training, device)
+(built on that device: no host-to-device copy inside a flow loop). Prefix-column dropout (released code, off by default here:
 `prefix_dropout: true` turns it on with p=0.5, sparing the last 2 prefix columns) hides old clean prefix actions from
 the noisy rows during training.
 """
@@ -15,21 +16,21 @@ from xr0.registry import MASKS
 NUM_SPECIAL = 2  # SINK and the state token come before the actions
 
 
-def causal_mask(num_actions: int) -> Tensor:
+def causal_mask(num_actions: int, device=None) -> Tensor:
     """Lower-triangular over [SINK, state, actions] (stage 2 pre-training, training-time RTC)."""
     n = NUM_SPECIAL + num_actions
-    return torch.ones(n, n, dtype=torch.bool).tril()  # (n, n)
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()  # (n, n)
 
 
-def lambda_mask(num_actions: int, window: int = 4) -> Tensor:
+def lambda_mask(num_actions: int, window: int = 4, device=None) -> Tensor:
     """Λ shape: SINK sees itself; state sees SINK and itself; action i sees SINK, state and actions i-w…i."""
     if window < 0:
         raise ValueError(f"lambda mask window must be >= 0, got {window}")
     n = NUM_SPECIAL + num_actions
-    idx = torch.arange(num_actions)
+    idx = torch.arange(num_actions, device=device)
     band = (idx[None, :] <= idx[:, None]) & (idx[None, :] >= idx[:, None] - window)  # (T, T)
-    m = torch.zeros(n, n, dtype=torch.bool)
-    m[:NUM_SPECIAL, :NUM_SPECIAL] = torch.ones(NUM_SPECIAL, NUM_SPECIAL, dtype=torch.bool).tril()
+    m = torch.zeros(n, n, dtype=torch.bool, device=device)
+    m[:NUM_SPECIAL, :NUM_SPECIAL] = torch.ones(NUM_SPECIAL, NUM_SPECIAL, dtype=torch.bool, device=device).tril()
     m[NUM_SPECIAL:, :NUM_SPECIAL] = True
     m[NUM_SPECIAL:, NUM_SPECIAL:] = band
     return m
@@ -74,9 +75,10 @@ class Causal:
         _check_dropout(prefix_dropout_p, keep_last)
         self.prefix_dropout, self.prefix_dropout_p, self.keep_last = prefix_dropout, prefix_dropout_p, keep_last
 
-    def __call__(self, num_actions: int, prefix_len: Tensor | None = None, training: bool = False) -> Tensor:
+    def __call__(self, num_actions: int, prefix_len: Tensor | None = None, training: bool = False,
+                 device=None) -> Tensor:
         """(n, n) bool, or (B, n, n) when prefix-column dropout applies in training."""
-        return with_prefix_dropout(causal_mask(num_actions), prefix_len, training, self.prefix_dropout,
+        return with_prefix_dropout(causal_mask(num_actions, device), prefix_len, training, self.prefix_dropout,
                                    self.prefix_dropout_p, self.keep_last)
 
 
@@ -92,7 +94,8 @@ class Lambda:
         self.window = window
         self.prefix_dropout, self.prefix_dropout_p, self.keep_last = prefix_dropout, prefix_dropout_p, keep_last
 
-    def __call__(self, num_actions: int, prefix_len: Tensor | None = None, training: bool = False) -> Tensor:
+    def __call__(self, num_actions: int, prefix_len: Tensor | None = None, training: bool = False,
+                 device=None) -> Tensor:
         """(n, n) bool, or (B, n, n) when prefix-column dropout applies in training."""
-        return with_prefix_dropout(lambda_mask(num_actions, self.window), prefix_len, training, self.prefix_dropout,
+        return with_prefix_dropout(lambda_mask(num_actions, self.window, device), prefix_len, training, self.prefix_dropout,
                                    self.prefix_dropout_p, self.keep_last)
