@@ -22,6 +22,7 @@ class OptimConfig:
     total_steps: int | None = None  # None: trainer.max_steps
     min_lr_ratio: float = 0.1
     backbone_lr: float | None = None  # a separate LR for trainable VLM parameters (None: lr)
+    fused: bool | None = None  # fused AdamW kernel; None: on when every trainable parameter is on CUDA
 
 
 def _groups(module: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
@@ -61,7 +62,13 @@ def configure_optimizers(module: Any, optim: OptimConfig) -> dict[str, Any]:
     if total is None:
         raise ValueError("optim.total_steps is unset and trainer.max_steps is not positive: set one of them "
                          "so the cosine schedule knows its length")
-    opt = torch.optim.AdamW(_groups(module, optim), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    groups = _groups(module, optim)
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    if optim.fused and not on_cuda:
+        raise ValueError("optim.fused: true needs every trainable parameter on CUDA; set optim.fused: null "
+                         "(fused where possible) or false")
+    fused = on_cuda if optim.fused is None else optim.fused
+    opt = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, optim.warmup_steps, total, optim.min_lr_ratio))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
