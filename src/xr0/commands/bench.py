@@ -1,6 +1,8 @@
 """`xr0 bench infer|train`: latency and throughput at tiny (CPU) or paper scale."""
 from __future__ import annotations
 
+import argparse
+
 from xr0.registry import COMMANDS
 
 
@@ -22,7 +24,10 @@ class Bench:
                 q.add_argument("--steps", type=int, default=5)
             else:
                 q.add_argument("--stage", choices=("dit_flow", "post_train"), default="post_train")
-                q.add_argument("--batch", type=int, default=2)
+                q.add_argument("--batch", type=_batch, default=2,
+                               help="samples per step, or 'auto' (CUDA): the largest that fits")
+                q.add_argument("--activation-checkpointing", action="store_true",
+                               help="checkpoint the VLM's layers (the DiT has no switch)")
 
     @staticmethod
     def run(args):
@@ -36,11 +41,22 @@ class Bench:
                   f"p99 {res['total_ms']['p99_ms']:.2f} ms (vision {res['vision_ms']['p50_ms']:.2f}, prefill "
                   f"{res['prefill_ms']['p50_ms']:.2f}, {res['steps']} DiT steps {res['dit_steps_ms']['p50_ms']:.2f})")
         else:
-            res = bench_train(args.scale, args.device, args.stage, args.batch, args.iters, args.warmup)
+            res = bench_train(args.scale, args.device, args.stage, args.batch, args.iters, args.warmup,
+                              args.activation_checkpointing)
+            mfu = "n/a (no peak known)" if res["mfu"] is None else f"{100 * res['mfu']:.1f}%"
             print(f"[xr0 bench train] {res['scale']} {res['stage']} on {res['device']}: batch {res['batch']}, "
-                  f"step p50 {res['step_ms']['p50_ms']:.1f} ms, {res['samples_per_s']:.1f} samples/s")
+                  f"{res['precision']}, step p50 {res['step_ms']['p50_ms']:.1f} ms, {res['samples_per_s']:.1f} "
+                  f"samples/s, {res['achieved_tflops']:.2f} TFLOP/s model, MFU {mfu}")
         print(bench.write(res, args.out))
         return 0
+
+
+def _batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--batch takes a positive integer or 'auto', got {text!r}")
+    return int(text)
 
 
 def _cuda() -> bool:
