@@ -15,18 +15,25 @@ def patchify(images: Tensor, patch: int, merge: int, temporal: int, mean=CLIP_ME
     A still image is repeated over the temporal patch, and patches are ordered merge-window by window,
     as the HF processor does, so the vision tower's patch merger sees the same layout.
     """
+    n, _, h, w = images.shape
+    pixel_values = pixel_patches(images, patch, merge, temporal, mean, std)
+    grid = torch.tensor([[1, h // patch, w // patch]] * n, device=images.device, dtype=torch.long)  # (N, 3)
+    return pixel_values, grid
+
+
+def pixel_patches(images: Tensor, patch: int, merge: int, temporal: int, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
+    """The pixel_values of `patchify` alone. mean/std may be tensors already on the images' device: then nothing
+    here copies from the host, so the fast path can run it inside a CUDA graph."""
     n, c, h, w = images.shape
     if h % (patch * merge) or w % (patch * merge):
         raise ValueError(f"image size {h}x{w} must be a multiple of patch*merge = {patch * merge}; resize in the "
                          f"data pipeline (data.image_size) to e.g. {h // (patch * merge) * patch * merge}x"
                          f"{w // (patch * merge) * patch * merge}")
-    m = torch.tensor(mean, device=images.device, dtype=images.dtype)[:, None, None]
-    s = torch.tensor(std, device=images.device, dtype=images.dtype)[:, None, None]
+    m = torch.as_tensor(mean, device=images.device, dtype=images.dtype).reshape(c, 1, 1)
+    s = torch.as_tensor(std, device=images.device, dtype=images.dtype).reshape(c, 1, 1)
     x = (images - m) / s  # (N, C, H, W)
     gh, gw = h // patch, w // patch
     x = x[:, None].expand(n, temporal, c, h, w)  # (N, t, C, H, W)
     x = x.reshape(n, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (N, gh/m, gw/m, m, m, C, t, p, p)
-    pixel_values = x.reshape(n * gh * gw, c * temporal * patch * patch)
-    grid = torch.tensor([[1, gh, gw]] * n, device=images.device, dtype=torch.long)  # (N, 3)
-    return pixel_values, grid
+    return x.reshape(n * gh * gw, c * temporal * patch * patch)

@@ -1,0 +1,154 @@
+"""The fast inference path: `FastPolicy.predict_chunk` computes what `Policy.predict_chunk` computes, faster.
+
+- The prompt (tokens, M-RoPE positions, padding mask, vision RoPE and position taps) is planned once per
+  (instructions, views, image size) and reused: see xr0.backbones.qwen3vl_static.
+- The VLM runs once per chunk and every DiT step reuses its K/V, RoPE and mask (DiT.prepare / DiT.step).
+- Shapes are static and nothing syncs with the host between the images going in and the chunk coming out,
+  so on CUDA the whole chunk — vision, prefill, the Euler loop — is captured once per plan as CUDA graphs and
+  replayed: one launch instead of thousands of kernel launches from Python.
+- `compile=True` additionally runs the chunk through `torch.compile` (fused elementwise kernels) before capture.
+
+tests/test_infer.py holds FastPolicy equal to Policy on CPU; `xr0 bench infer` times both in the same run.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from xr0.backbones.qwen3vl_static import make_context, plan_prompt, prefill, static_context, vision
+
+PARTS = ("vision", "prefill", "dit")
+
+
+class Graphed:
+    """fn(**inputs) captured as one CUDA graph: replay copies new inputs into the captured buffers."""
+
+    def __init__(self, fn: Callable[..., Any], inputs: dict[str, Tensor], warmup: int = 3):
+        self.inputs = {k: v.clone() for k, v in inputs.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture stream (cuBLAS workspaces, compile, autotune)
+            for _ in range(warmup):
+                fn(**self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = fn(**self.inputs)
+
+    def __call__(self, **inputs: Tensor) -> Any:
+        for k, v in inputs.items():
+            self.inputs[k].copy_(v, non_blocking=True)
+        self.graph.replay()
+        return self.output
+
+
+class FastPolicy:
+    """Wraps a Policy (Qwen3-VL backbone) for inference: same interface as Policy for predict_chunk, context and
+    velocity (the deploy plugin's RTC path uses the last two, unchanged)."""
+
+    def __init__(self, policy, cuda_graph: bool | None = None, compile: bool = False, max_plans: int = 8):
+        if not hasattr(policy.backbone, "hf"):
+            raise ValueError("FastPolicy plans the Qwen3-VL prefill; this policy's backbone is "
+                             f"{type(policy.backbone).__name__}: use Policy.predict_chunk")
+        self.policy, self.head = policy.eval(), policy.head
+        self.device = next(policy.parameters()).device
+        self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        if self.cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the policy on a CUDA device, it is on {self.device}")
+        self.max_plans = max_plans
+        self._plans: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+        self._chunk = torch.compile(self._chunk_eager, dynamic=False) if compile else self._chunk_eager
+
+    # ---------------------------------------------------------------- the policy interface
+    def context(self, batch: dict[str, Any]):
+        return self.policy.context(batch)
+
+    def velocity(self, *args, **kwargs) -> Tensor:
+        return self.policy.velocity(*args, **kwargs)
+
+    @torch.no_grad()
+    def predict_chunk(self, batch: dict[str, Any], prefix: Tensor | None = None, steps: int | None = None,
+                      noise: Tensor | None = None) -> Tensor:
+        """Actions (B,T,A), as Policy.predict_chunk: prefix (B,P,A) are committed actions kept fixed."""
+        inputs, plan = self._inputs(batch, prefix, noise)
+        steps = steps or self.policy.flow_steps
+        if not self.cuda_graph:
+            return self._chunk(plan["prompt"], steps, **inputs)
+        graph = plan.get(("chunk", steps))
+        if graph is None:  # captured once per plan and step count, replayed ever after
+            graph = plan[("chunk", steps)] = Graphed(lambda **kw: self._chunk(plan["prompt"], steps, **kw), inputs)
+        return graph(**inputs).clone()
+
+    def parts(self, batch: dict[str, Any], steps: int | None = None) -> dict[str, Callable[[], Any]]:
+        """Callables running vision, prefill and the DiT loop of one chunk separately (each its own CUDA graph
+        on a GPU), for the benchmark's breakdown."""
+        inputs, plan = self._inputs(batch, None, None)
+        steps = steps or self.policy.flow_steps
+        prompt = plan["prompt"]
+        vis_in = {k: inputs[k] for k in ("images", "image_mask")}
+        fns = {"vision": lambda images, image_mask: self._vision(prompt, images, image_mask)}
+        embeds, deepstack = fns["vision"](**vis_in)
+        pre_in = {"embeds": embeds, **{f"ds{i}": d for i, d in enumerate(deepstack)}}
+        fns["prefill"] = lambda embeds, **ds: self._prefill(prompt, embeds, [ds[f"ds{i}"] for i in range(len(ds))])
+        keys, values = fns["prefill"](**pre_in)
+        dit_in = {**{f"k{i}": k for i, k in enumerate(keys)}, **{f"v{i}": v for i, v in enumerate(values)},
+                  **{k: inputs[k] for k in ("state", "action_mask", "noise", "prefix", "prefix_len")}}
+        n = len(keys)
+        fns["dit"] = lambda **kw: self._dit(prompt, steps, [kw[f"k{i}"] for i in range(n)],
+                                            [kw[f"v{i}"] for i in range(n)], kw["state"], kw["action_mask"],
+                                            kw["noise"], kw["prefix"], kw["prefix_len"])
+        args = {"vision": vis_in, "prefill": pre_in, "dit": dit_in}
+        if self.cuda_graph:
+            return {p: (lambda g=Graphed(fns[p], args[p]), a=args[p]: g(**a)) for p in PARTS}
+        return {p: (lambda f=fns[p], a=args[p]: f(**a)) for p in PARTS}
+
+    # ---------------------------------------------------------------- internals
+    def _inputs(self, batch: dict[str, Any], prefix: Tensor | None, noise: Tensor | None):
+        images, state = batch["images"], batch["state"]
+        b, v, _, h, w = images.shape
+        t, a_dim = self.head.chunk, batch["action_mask"].shape[-1]
+        key = (tuple(batch["instruction"]), v, h, w)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = {"prompt": plan_prompt(self.policy.backbone, list(batch["instruction"]), v, h, w)}
+            self._plans[key] = plan
+            while len(self._plans) > self.max_plans:
+                self._plans.popitem(last=False)
+        self._plans.move_to_end(key)
+        dev, dtype = self.device, state.dtype
+        prefix_full = torch.zeros(b, t, a_dim, device=dev, dtype=dtype)
+        prefix_len = torch.zeros(b, dtype=torch.long, device=dev)
+        if prefix is not None and prefix.shape[1] > 0:
+            if prefix.shape[1] > t:
+                raise ValueError(f"prefix of {prefix.shape[1]} actions is longer than the chunk ({t})")
+            prefix_full[:, : prefix.shape[1]] = prefix.to(dev, dtype)
+            prefix_len.fill_(prefix.shape[1])
+        mask = batch.get("image_mask")
+        inputs = {"images": images.to(dev, torch.float32),
+                  "image_mask": (torch.ones(b, v, dtype=torch.bool) if mask is None else mask).to(dev),
+                  "state": state.to(dev), "action_mask": batch["action_mask"].to(dev),
+                  "noise": (torch.randn(b, t, a_dim, device=dev, dtype=dtype) if noise is None else noise.to(dev)),
+                  "prefix": prefix_full, "prefix_len": prefix_len}
+        return inputs, plan
+
+    def _vision(self, prompt, images, image_mask):
+        return vision(self.policy.backbone, prompt, images, image_mask)
+
+    def _prefill(self, prompt, embeds, deepstack):
+        return prefill(self.policy.backbone, prompt, embeds, deepstack, self.head.depth)
+
+    def _dit(self, prompt, steps, keys, values, state, action_mask, noise, prefix, prefix_len):
+        ctx = make_context(self.policy.backbone, prompt, keys, values)
+        return self._sample(ctx, state, action_mask, noise, prefix, prefix_len, steps)
+
+    def _chunk_eager(self, prompt, steps, images, image_mask, state, action_mask, noise, prefix, prefix_len):
+        ctx = static_context(self.policy.backbone, prompt, images, image_mask, self.head.depth)
+        return self._sample(ctx, state, action_mask, noise, prefix, prefix_len, steps)
+
+    def _sample(self, ctx, state, action_mask, noise, prefix, prefix_len, steps):
+        # prefix_len 0 everywhere is the no-prefix case: no row is kept, no token is offset (same numbers)
+        return self.policy.sample(ctx, {"state": state, "action_mask": action_mask}, prefix, prefix_len, steps, noise)

@@ -1,0 +1,92 @@
+"""FastPolicy (planned prompt, prepared DiT, CUDA graphs on a GPU) computes what Policy.predict_chunk computes."""
+import pytest
+import torch
+
+from xr0.bench import build_policy
+from xr0.infer import FastPolicy
+from xr0.registry import MASKS
+
+TEXTS = ["pick up the red cube", "open the drawer slowly and then close it again please"]
+
+
+def batch(b=2, v=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(b, 32, dtype=torch.bool)
+    mask[:, :7] = True
+    return {"images": torch.rand(b, v, 3, 56, 56, generator=g), "image_mask": torch.ones(b, v, dtype=torch.bool),
+            "instruction": TEXTS[:b], "state": torch.randn(b, 32, generator=g), "action_mask": mask}
+
+
+@pytest.fixture(scope="module", params=["causal", "lambda"])
+def policy(request):
+    torch.manual_seed(0)
+    p, _ = build_policy("tiny", "cpu", torch.float32)
+    p.mask = MASKS.build(request.param)
+    for blk in p.head.blocks:  # adaLN-zero starts every block as the identity: give the DiT something to do
+        torch.nn.init.normal_(blk.adaln_table, std=0.5)
+    torch.nn.init.normal_(p.head.t_proj.weight, std=0.05)
+    torch.nn.init.normal_(p.head.out_mlp[-1].weight, std=0.1)
+    return p
+
+
+@pytest.mark.parametrize("prefix_steps", [0, 3])
+def test_fast_equals_policy(policy, prefix_steps):
+    data = batch()
+    noise = torch.randn(2, policy.head.chunk, 32, generator=torch.Generator().manual_seed(5))
+    prefix = torch.randn(2, prefix_steps, 32) if prefix_steps else None
+    ref = policy.predict_chunk(data, prefix=prefix, steps=5, noise=noise)
+    out = FastPolicy(policy).predict_chunk(data, prefix=prefix, steps=5, noise=noise)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert ref[:, :, 7:].abs().max() == 0 and ref.abs().max() > 0
+    if prefix is not None:
+        torch.testing.assert_close(out[:, :prefix_steps], prefix * data["action_mask"][:, None])
+
+
+def test_parts_compose_to_the_chunk(policy):
+    fast, data = FastPolicy(policy), batch()
+    parts = fast.parts(data, steps=3)
+    embeds, deepstack = parts["vision"]()
+    keys, values = parts["prefill"]()
+    assert embeds.shape[0] == 2 * 2 * (56 // 14) ** 2 // 4 and len(keys) == policy.head.depth
+    assert parts["dit"]().shape == (2, policy.head.chunk, 32)
+
+
+def test_plans_are_reused_and_bounded(policy):
+    fast = FastPolicy(policy, max_plans=2)
+    for texts in (["a", "b"], ["c", "d"], ["a", "b"], ["e", "f"]):
+        fast.predict_chunk({**batch(), "instruction": texts}, steps=1)
+    assert [k[0] for k in fast._plans] == [("a", "b"), ("e", "f")]
+
+
+def test_the_chunk_runs_on_the_meta_device(policy):
+    """Vision, prefill and the whole Euler loop with every tensor on the meta device: nothing is made on the host
+    and nothing reads a value back (.item, .tolist, nonzero, boolean indexing all fail there), which is what a
+    CUDA graph capture needs."""
+    import copy
+
+    fast = FastPolicy(policy)
+    data = batch()
+    inputs, plan = fast._inputs(data, torch.randn(2, 3, 32), None)
+    meta = copy.deepcopy(policy).to("meta")
+    fast_meta = FastPolicy(meta)
+    prompt = type(plan["prompt"])(**{k: (v.to("meta") if torch.is_tensor(v) else v)
+                                     for k, v in vars(plan["prompt"]).items()})
+    out = fast_meta._chunk(prompt, 5, **{k: v.to("meta") for k, v in inputs.items()})
+    assert out.device.type == "meta" and out.shape == (2, policy.head.chunk, 32)
+
+
+def test_cuda_graph_needs_cuda(policy):
+    with pytest.raises(ValueError, match="CUDA device"):
+        FastPolicy(policy, cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run by the device benchmark)")
+def test_cuda_graph_replay_equals_eager():
+    torch.manual_seed(0)
+    p, _ = build_policy("tiny", "cuda", torch.float32)
+    data = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in batch().items()}
+    noise = torch.randn(2, p.head.chunk, 32, device="cuda")
+    ref = p.predict_chunk(data, steps=5, noise=noise)
+    fast = FastPolicy(p)
+    for _ in range(2):  # capture, then replay with the same inputs
+        torch.testing.assert_close(fast.predict_chunk(data, steps=5, noise=noise), ref, atol=1e-4, rtol=1e-4)
