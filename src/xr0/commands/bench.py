@@ -22,6 +22,10 @@ class Bench:
             q.add_argument("--out", default=None, help="write the JSON result here")
             if name == "infer":
                 q.add_argument("--steps", type=int, default=5)
+                q.add_argument("--no-eager", action="store_true", help="time the fast path only (no eager baseline)")
+                q.add_argument("--compile", action="store_true", help="torch.compile the fast path before capture")
+                q.add_argument("--peak", type=float, nargs=2, metavar=("TFLOPS", "TBPS"), default=None,
+                               help="device peak for the roofline when its name is not in xr0.flops.PEAKS")
             else:
                 q.add_argument("--stage", choices=("dit_flow", "post_train"), default="post_train")
                 q.add_argument("--batch", type=_batch, default=2,
@@ -32,14 +36,13 @@ class Bench:
     @staticmethod
     def run(args):
         from xr0 import bench
-        from xr0.bench.infer import bench_infer
+        from xr0.bench.infer import bench_infer, line
         from xr0.bench.train import bench_train
 
         if args.what == "infer":
-            res = bench_infer(args.scale, args.device, args.iters, args.warmup, args.steps)
-            print(f"[xr0 bench infer] {res['scale']} on {res['device']}: p50 {res['total_ms']['p50_ms']:.2f} ms "
-                  f"p99 {res['total_ms']['p99_ms']:.2f} ms (vision {res['vision_ms']['p50_ms']:.2f}, prefill "
-                  f"{res['prefill_ms']['p50_ms']:.2f}, {res['steps']} DiT steps {res['dit_steps_ms']['p50_ms']:.2f})")
+            res = bench_infer(args.scale, args.device, args.iters, args.warmup, args.steps, eager=not args.no_eager,
+                              compile=args.compile, peak=tuple(args.peak) if args.peak else None)
+            print(line(res))
         else:
             res = bench_train(args.scale, args.device, args.stage, args.batch, args.iters, args.warmup,
                               args.activation_checkpointing)
