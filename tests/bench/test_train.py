@@ -1,8 +1,10 @@
 """`xr0 bench train` drives the real stage modules: JSON fields, FLOPs per stage, parameters that move."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from xr0.bench import train
 from xr0.bench.train import build_stage, fit_steps, synthetic_batch
@@ -72,8 +74,14 @@ def test_fused_adamw_knob():
     module = torch.nn.Linear(4, 4)
     opt = configure_optimizers(module, OptimConfig(total_steps=10))["optimizer"]
     assert opt.defaults["fused"] is False  # None: fused only when every trainable parameter is on CUDA
-    with pytest.raises(ValueError, match="optim.fused"):
+    with pytest.raises(ValueError, match="optim.fused: true needs"):
         configure_optimizers(module, OptimConfig(total_steps=10, fused=True))
+    # Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients: say so before it does
+    module._trainer = SimpleNamespace(max_steps=10, gradient_clip_val=1.0,
+                                      precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    with pytest.raises(ValueError, match="gradient_clip_val"):
+        configure_optimizers(module, OptimConfig(fused=True))
+    assert configure_optimizers(module, OptimConfig())["optimizer"].defaults["fused"] is False
 
 
 def test_auto_batch_keeps_the_largest_that_ran(monkeypatch):

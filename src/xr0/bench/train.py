@@ -2,8 +2,9 @@
 
 The stage comes from recipes/tiny/stage2.yaml (dit_flow: frozen VLM) or recipes/tiny/stage3.yaml (post_train
 async: full model, Λ mask, re-weighting) with the backbone and head swapped to the bench scale, and trains on
-one synthetic batch repeated in memory, so the step time holds no data loading. bf16-mixed and fused AdamW
-(optim.fused: null) on CUDA, fp32 on a CPU. MFU = model FLOPs per step (xr0.flops.train_flops, formula in
+one synthetic batch repeated in memory, so the step time holds no data loading. bf16-mixed on CUDA, fp32 on
+a CPU; gradients clipped as the recipe says, so AdamW is fused only where Lightning allows it (see
+stages.common._fused; the JSON says which). MFU = model FLOPs per step (xr0.flops.train_flops, formula in
 its docstring; checkpointing recompute not counted) / p50 step time / the device's peak dense bf16 FLOP/s.
 """
 from __future__ import annotations
@@ -190,7 +191,8 @@ def bench_train(scale: str = "tiny", device: str = "cpu", stage: str = "post_tra
         if stage == "dit_flow":
             note += "; the frozen VLM runs under no_grad, so nothing is recomputed"
     return {"kind": "train", "scale": scale, "stage": stage, "device": name, "batch": batch,
-            "precision": "bf16-mixed" if cuda else "32-true", "fused_adamw": fused, "step_ms": ms,
+            "precision": "bf16-mixed" if cuda else "32-true", "fused_adamw": fused, "gradient_clip_val": clip,
+            "step_ms": ms,
             "samples_per_s": batch / (ms["p50_ms"] / 1e3), "model_flops_per_step": model_flops,
             "achieved_tflops": achieved, "mfu": achieved / peak[0] if peak else None,
             "activation_checkpointing": {"backbone": activation_checkpointing, "dit": False, "note": note},

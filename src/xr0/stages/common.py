@@ -22,7 +22,7 @@ class OptimConfig:
     total_steps: int | None = None  # None: trainer.max_steps
     min_lr_ratio: float = 0.1
     backbone_lr: float | None = None  # a separate LR for trainable VLM parameters (None: lr)
-    fused: bool | None = None  # fused AdamW kernel; None: on when every trainable parameter is on CUDA
+    fused: bool | None = None  # fused AdamW; None: on when every trainable parameter is on CUDA (see _fused)
 
 
 def _groups(module: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
@@ -53,6 +53,25 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _fused(module: Any, optim: OptimConfig, params: list[nn.Parameter]) -> bool:
+    """optim.fused: null → fused when every parameter is on CUDA and Lightning will not refuse it: its
+    mixed-precision plugin (16- and bf16-mixed) raises on gradient clipping with a fused optimizer."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    trainer = getattr(module, "_trainer", None)
+    clips = (trainer is not None and bool(trainer.gradient_clip_val)
+             and isinstance(trainer.precision_plugin, MixedPrecision))
+    on_cuda = all(p.is_cuda for p in params)
+    if optim.fused and clips:
+        raise ValueError("optim.fused: true with trainer.gradient_clip_val under a mixed precision: Lightning "
+                         "refuses to clip a fused optimizer's gradients; set optim.fused: null or "
+                         "trainer.gradient_clip_val: null")
+    if optim.fused and not on_cuda:
+        raise ValueError("optim.fused: true needs every trainable parameter on CUDA; set optim.fused: null "
+                         "(fused where possible) or false")
+    return on_cuda and not clips if optim.fused is None else optim.fused
+
+
 def configure_optimizers(module: Any, optim: OptimConfig) -> dict[str, Any]:
     """AdamW over the trainable parameters plus a per-step warmup+cosine LambdaLR."""
     total = optim.total_steps
@@ -63,11 +82,7 @@ def configure_optimizers(module: Any, optim: OptimConfig) -> dict[str, Any]:
         raise ValueError("optim.total_steps is unset and trainer.max_steps is not positive: set one of them "
                          "so the cosine schedule knows its length")
     groups = _groups(module, optim)
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    if optim.fused and not on_cuda:
-        raise ValueError("optim.fused: true needs every trainable parameter on CUDA; set optim.fused: null "
-                         "(fused where possible) or false")
-    fused = on_cuda if optim.fused is None else optim.fused
+    fused = _fused(module, optim, [p for g in groups for p in g["params"]])
     opt = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, optim.warmup_steps, total, optim.min_lr_ratio))
