@@ -69,3 +69,27 @@ def test_fit_serve_and_drive_with_the_openpi_client(checkpoint):
         assert srv.counts["errors"] == 0
     finally:
         srv.stop()
+
+
+def test_the_fast_path_serves_the_same_chunks(checkpoint):
+    """`xr0 serve` runs FastPolicy by default (fast=auto); with the same noise it returns what the trained
+    Policy (the HF forward, fast=off) returns, with and without a committed prefix."""
+    import torch
+    from xr0.infer import FastPolicy
+
+    ckpt, _ = checkpoint
+    fast, plain = load_local(str(ckpt)), load_local(str(ckpt), fast="off")
+    assert isinstance(fast.model, FastPolicy) and not isinstance(plain.model, FastPolicy)
+    meta = fast.metadata()
+    obs = _observation(meta, np.random.default_rng(1))
+    for prefix in (None, np.zeros((2, meta["action_dim"]))):
+        torch.manual_seed(3)
+        a = fast.infer(obs, prefix)
+        torch.manual_seed(3)
+        b = plain.infer(obs, prefix)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_fast_must_be_a_known_choice(checkpoint):
+    with pytest.raises(ValueError, match="fast must be one of"):
+        load_local(str(checkpoint[0]), fast="yes")

@@ -72,7 +72,7 @@ def summary(ms: list[float]) -> dict[str, float]:
 
 
 def device_name(device: str) -> str:
-    return torch.cuda.getdevice_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def write(result: dict[str, Any], out: str | None) -> str:

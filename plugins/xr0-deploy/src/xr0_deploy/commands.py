@@ -26,6 +26,13 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=5, help="flow-matching steps (local policies)")
     p.add_argument("--chunk-len", type=int, default=10, help="chunk length of sim:tiny")
     p.add_argument("--seed", type=int, default=0)
+    _fast_args(p)
+
+
+def _fast_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
+                   help="checkpoints: the fast inference path (planned prompt, CUDA graphs on a GPU); off = HF forward")
+    p.add_argument("--compile", action="store_true", help="with --fast: torch.compile the chunk before capture")
 
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +57,8 @@ def open_policy(args):
         return RemotePolicy(args.policy, api_key=args.api_key)
     from xr0_deploy.local import load_local
 
-    return load_local(args.policy, steps=args.steps, chunk_len=args.chunk_len, seed=args.seed)
+    return load_local(args.policy, steps=args.steps, chunk_len=args.chunk_len, seed=args.seed, fast=args.fast,
+                      compile=args.compile)
 
 
 def _executor_config(args):
@@ -135,6 +143,7 @@ class Serve:
         p.add_argument("--device", default="cpu")
         p.add_argument("--chunk-len", type=int, default=10, help="chunk length of sim:tiny")
         p.add_argument("--seed", type=int, default=0)
+        _fast_args(p)
 
     @staticmethod
     def run(args):
@@ -142,7 +151,7 @@ class Serve:
         from xr0_deploy.server import PolicyServer
 
         policy = load_local(args.checkpoint, steps=args.steps, device=args.device, chunk_len=args.chunk_len,
-                            seed=args.seed)
+                            seed=args.seed, fast=args.fast, compile=args.compile)
         server = PolicyServer(policy, policy.metadata(), host=args.host, port=args.port, api_key=args.api_key,
                               max_message_bytes=int(args.max_message_mb * 2**20))
         if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:

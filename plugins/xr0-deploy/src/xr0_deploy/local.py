@@ -288,8 +288,17 @@ def sim_policy(chunk_len: int = 10, dof: int = SIM_DOF, seed: int = 0, steps: in
                        cameras=None, embodiment="sim_arm", name=f"sim:tiny:{seed}")
 
 
-def load_local(spec: str, steps: int = 5, device: str = "cpu", chunk_len: int = 10, seed: int = 0) -> LocalPolicy:
-    """`sim:tiny` → the tiny random policy; anything else is an xr0 checkpoint (file or export directory)."""
+FAST = ("auto", "on", "off")
+
+
+def load_local(spec: str, steps: int = 5, device: str = "cpu", chunk_len: int = 10, seed: int = 0,
+               fast: str = "auto", compile: bool = False) -> LocalPolicy:
+    """`sim:tiny` → the tiny random policy; anything else is an xr0 checkpoint (file or export directory).
+
+    fast: `auto`/`on` serve through xr0.infer.FastPolicy (prompt planned once, CUDA graphs on a GPU) where the
+    backbone is Qwen3-VL (`on` fails otherwise); `off` runs Policy.predict_chunk (the HF forward) as trained."""
+    if fast not in FAST:
+        raise ValueError(f"fast must be one of {FAST}, got {fast!r}")
     if spec.startswith("sim:"):
         if spec not in ("sim:tiny",):
             raise ValueError(f"unknown simulated policy {spec!r}; available: sim:tiny")
@@ -313,7 +322,12 @@ def load_local(spec: str, steps: int = 5, device: str = "cpu", chunk_len: int = 
                       state_dim=robot.state_dim if robot is not None else None,
                       state_slots=robot.slots("state") if robot is not None else None)
     head = getattr(loaded.policy, "head", None)
-    return LocalPolicy(loaded.policy, norm, steps=steps, chunk_len=getattr(head, "chunk", None),
+    model = loaded.policy
+    if fast == "on" or (fast == "auto" and hasattr(getattr(model, "backbone", None), "hf")):
+        from xr0.infer import FastPolicy
+
+        model = FastPolicy(model, compile=compile)
+    return LocalPolicy(model, norm, steps=steps, chunk_len=getattr(head, "chunk", None),
                        cameras=list(robot.cameras) if robot is not None and robot.cameras else None,
                        embodiment=loaded.embodiment, name=spec, robot=robot)
 
