@@ -18,7 +18,7 @@ def bench_infer(scale: str = "tiny", device: str = "cpu", iters: int = 100, warm
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     policy, s = build_policy(scale, device, dtype)
     batch = make_batch(s, 1, device, dtype)
-    run = lambda fn: summary(timed(fn, iters, warmup, device))  # noqa: E731
+    run = lambda fn: summary(timed(fn, iters, warmup, device))
     result: dict[str, Any] = {"kind": "infer", "scale": scale, "device": device_name(device), "dtype": str(dtype),
                               "steps": steps, "views": s["views"], "image_hw": list(s["hw"]), "chunk": s["chunk"],
                               "torch": torch.__version__, "compile": compile}

@@ -128,11 +128,6 @@ def fit_steps(module: L.LightningModule, data: dict[str, Any], steps: int, warmu
     return timer.ms(), timer.fused
 
 
-def _name(device: str) -> str:
-    # bench.device_name calls torch.cuda.getdevice_name (no such function) on a GPU
-    return torch.cuda.get_device_name(device) if device.startswith("cuda") else device_name(device)
-
-
 def _free() -> None:
     gc.collect()
     torch.cuda.empty_cache()
@@ -153,7 +148,7 @@ def largest_batch(module: L.LightningModule, s: dict[str, Any], device: str, cli
             break
         best, b = b, 2 * b
     if not best:
-        raise ValueError(f"batch 1 does not fit on {_name(device)}: try --activation-checkpointing")
+        raise ValueError(f"batch 1 does not fit on {device_name(device)}: try --activation-checkpointing")
     return best
 
 
@@ -182,7 +177,7 @@ def bench_train(scale: str = "tiny", device: str = "cpu", stage: str = "post_tra
                                     training_repeat=module.training_repeat,
                                     reweight=reweight, flow_steps=policy.flow_steps)
     ms = summary(step_ms)
-    name = _name(device)
+    name = device_name(device)
     peak = flops.peak_for(name) if cuda else None
     achieved = model_flops / (ms["p50_ms"] / 1e3) / 1e12
     note = None
