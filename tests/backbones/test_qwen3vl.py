@@ -234,6 +234,18 @@ def test_published_4b_architecture_has_4_44b_parameters():
     assert sum(p.numel() for p in model.parameters()) == 4_437_815_808
 
 
+def test_4b_architecture_without_a_tokenizer_takes_the_byte_placeholders_ids():
+    """A config-only 4B (the benchmark) prompts with the byte tokenizer: the model's image ids must be its ids, so
+    3 views of 320x256 give 3x80 image tokens the vision tower fills."""
+    with torch.device("meta"):
+        bb = BACKBONES.build("qwen3vl", config="qwen3vl_4b")
+    tok = bb.tokenizer
+    assert bb.hf.config.image_token_id == tok.special("<|image_pad|>")
+    assert bb.hf.config.vision_start_token_id == tok.special("<|vision_start|>")
+    ids, _ = bb._prompt_ids(3, (256 // 32) * (320 // 32), "stack the red cube on the bowl", None)
+    assert ids.count(bb.hf.config.image_token_id) == 240
+
+
 # ---------------------------------------------------------------- a Hugging Face tokenizer with a chat template
 
 # A minimal Qwen-VL-style ChatML template (user turn: one vision block per image, then text).

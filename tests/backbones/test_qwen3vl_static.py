@@ -67,3 +67,34 @@ def test_static_context_runs_on_the_meta_device(vlm):
     out = static_context(meta, mplan, imgs.to("meta"), mask.to("meta"), num_layers=2)
     assert out.keys[0].device.type == "meta" and out.keys[0].shape == (2, vlm.num_kv_heads, plan.input_ids.shape[1],
                                                                        vlm.head_dim)
+
+
+@torch.no_grad()
+def test_batched_vision_equals_hf_vision_tower(vlm):
+    imgs, mask = images()
+    inputs = vlm.prepare(imgs, mask, TEXTS)
+    ref = vlm.hf.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    out = vlm._images(inputs)["mm_encoder_outputs"]["image"]
+    torch.testing.assert_close(out.pooler_output[0], torch.cat(ref.pooler_output), atol=1e-5, rtol=1e-5)
+    for a, b in zip(out.deepstack_features, ref.deepstack_features, strict=True):
+        torch.testing.assert_close(a[0], torch.cat(b), atol=1e-5, rtol=1e-5)
+
+
+def test_training_context_equals_hf_path_with_gradients_and_checkpointing():
+    """The training path (HF forward fed by the batched vision tower) gives HF's K/V and the same gradients on the
+    vision weights, with and without gradient checkpointing."""
+    imgs, mask = images()
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        bb = BACKBONES.build("qwen3vl", gradient_checkpointing=ckpt).train()
+        inputs = bb.prepare(imgs, mask, TEXTS)
+        hf_inputs = {k: v for k, v in inputs.items() if k != "image_layout"}  # HF's own per-image vision path
+        for inp in (inputs, hf_inputs):
+            bb.zero_grad()
+            ctx = bb.context(inp, num_layers=2)
+            (ctx.keys[-1].square().mean() + ctx.values[0].mean()).backward()
+            grads.append(torch.cat([p.grad.flatten() for p in bb.hf.model.visual.parameters() if p.grad is not None]))
+    for g in grads[1:]:
+        torch.testing.assert_close(g, grads[0], atol=1e-5, rtol=1e-4)
+    assert grads[0].abs().sum() > 0

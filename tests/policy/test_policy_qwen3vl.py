@@ -39,7 +39,7 @@ def frozen():
 def test_predict_chunk_calls_the_vlm_once_for_five_steps(frozen):
     batch = make_batch()
     vlm_calls, vis_calls, dit_calls = [], [], []
-    h0 = frozen.backbone.hf.model.visual.register_forward_hook(lambda *a: vis_calls.append(1))
+    h0 = frozen.backbone.hf.model.visual.merger.register_forward_hook(lambda *a: vis_calls.append(1))
     h1 = frozen.backbone.hf.model.language_model.register_forward_hook(lambda *a: vlm_calls.append(1))
     h2 = frozen.head.blocks[0].register_forward_hook(lambda *a: dit_calls.append(1))
     try:

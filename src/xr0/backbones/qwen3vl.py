@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
+from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
 from xr0.backbones.configs import tiny_qwen3vl_config
 from xr0.backbones.images import CLIP_MEAN, CLIP_STD, patchify
+from xr0.backbones.qwen3vl_static import encode_images, vision_tables
 from xr0.backbones.tokenizer import ByteTokenizer, HFTokenizer
 from xr0.registry import BACKBONES
 from xr0.types import VLMContext
@@ -87,8 +89,14 @@ class Qwen3VLBackbone(nn.Module):
                 cfg = json.loads(pp.read_text())
                 mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
         elif config:  # an architecture without weights (they come from init_from, or the run is a benchmark)
-            self.model = Qwen3VLForConditionalGeneration(_architecture(config))
+            arch = _architecture(config)
             self.tokenizer = HFTokenizer(tokenizer) if tokenizer else ByteTokenizer()
+            if not tokenizer:  # the byte placeholder: its image/vision ids replace the real tokenizer's in the config
+                for key, name in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                                  ("vision_start_token_id", "<|vision_start|>"),
+                                  ("vision_end_token_id", "<|vision_end|>")):
+                    setattr(arch, key, self.tokenizer.special(name))
+            self.model = Qwen3VLForConditionalGeneration(arch)
         else:
             self.model = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(tiny))
             self.tokenizer = ByteTokenizer()
@@ -108,6 +116,7 @@ class Qwen3VLBackbone(nn.Module):
         vis = cfg.vision_config
         self.patch, self.merge, self.temporal = vis.patch_size, vis.spatial_merge_size, vis.temporal_patch_size
         self.max_text_tokens = max_text_tokens
+        self._vision_tables: dict[tuple, tuple[Tensor, ...]] = {}
         self.frozen = freeze
         if gradient_checkpointing:
             enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
@@ -203,7 +212,8 @@ class Qwen3VLBackbone(nn.Module):
             labels[i, length - len(ids) + n_prompt:] = torch.tensor(ids[n_prompt:], dtype=torch.long)
         out = {"input_ids": input_ids.to(device), "attention_mask": attn.to(device),
                "mm_token_type_ids": (input_ids == img).int().to(device),
-               "pixel_values": pixel_values.to(self.hf.dtype), "image_grid_thw": grid}
+               "pixel_values": pixel_values.to(self.hf.dtype), "image_grid_thw": grid,
+               "image_layout": (b * v, h // self.patch, w // self.patch)}
         if answers is not None:
             out["labels"] = labels.to(device)
         return out
@@ -237,13 +247,28 @@ class Qwen3VLBackbone(nn.Module):
             cache = _PrefillCache(config=hf.config.text_config)
             out = hf.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                            position_ids=position_ids, cache=cache, use_cache=True,
-                           pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
-                           mm_token_type_ids=inputs["mm_token_type_ids"])
+                           image_grid_thw=inputs["image_grid_thw"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                           **self._images(inputs))
         finally:
             if handle is not None:
                 handle.remove()
         logits = hf.lm_head(out.last_hidden_state) if lm_head else None
         return out, cache, position_ids, inputs["attention_mask"], logits
+
+    def _images(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The vision tower's output for HF's forward: batched over equal-size images, no host sync (tables
+        cached per image layout), where `prepare` recorded the layout; else HF's own per-image path."""
+        layout = inputs.get("image_layout")
+        if layout is None:
+            return {"pixel_values": inputs["pixel_values"]}
+        vis = self.hf.model.visual
+        key = (layout, inputs["pixel_values"].device)
+        tables = self._vision_tables.get(key)
+        if tables is None:
+            tables = self._vision_tables[key] = vision_tables(vis, inputs["image_grid_thw"])
+        embeds, deepstack = encode_images(vis, inputs["pixel_values"], layout[0], tables)
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithDeepstackFeatures(
+            pooler_output=(embeds,), deepstack_features=[(d,) for d in deepstack])}}
 
     def context(self, inputs: dict[str, Tensor], num_layers: int, extra_embeds: Tensor | None = None) -> VLMContext:
         """One forward with the KV cache on; the last `num_layers` layers' K/V go to the DiT."""

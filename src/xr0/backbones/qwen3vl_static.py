@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from transformers.masking_utils import create_causal_mask
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_interpolation_indices_and_weights, get_vision_position_ids
@@ -56,11 +57,7 @@ def plan_prompt(backbone, texts: list[str], views: int, h: int, w: int) -> Promp
     mask = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
                               cache=None)
     cos, sin = lm.rotary_emb(embeds, position_ids)  # (B,S,hd)
-    grid = inputs["image_grid_thw"]
-    taps, weights = get_vision_interpolation_indices_and_weights(
-        grid, num_grid_per_side=vis.num_grid_per_side, mode=vis.interpolation_mode,
-        align_corners=vis.interpolation_align_corners, spatial_merge_size=vis.spatial_merge_size)
-    vis_cos, vis_sin = vis.rotary_pos_emb(embeds, get_vision_position_ids(grid, vis.spatial_merge_size))
+    taps, weights, vis_cos, vis_sin = vision_tables(vis, inputs["image_grid_thw"])
     image_index = (inputs["input_ids"].flatten() == hf.config.image_token_id).nonzero().flatten()
     return PromptPlan(
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"].bool(), image_index=image_index,
@@ -70,10 +67,37 @@ def plan_prompt(backbone, texts: list[str], views: int, h: int, w: int) -> Promp
         views=views, hw=(h, w))
 
 
+def vision_tables(vis, grid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Position-embedding taps and weights, vision RoPE cos and sin of an image grid (N, 3): HF's own helpers,
+    run once per grid (they sync with the host)."""
+    taps, weights = get_vision_interpolation_indices_and_weights(
+        grid, num_grid_per_side=vis.num_grid_per_side, mode=vis.interpolation_mode,
+        align_corners=vis.interpolation_align_corners, spatial_merge_size=vis.spatial_merge_size)
+    cos, sin = vis.rotary_pos_emb(vis.pos_embed.weight, get_vision_position_ids(grid, vis.spatial_merge_size))
+    return taps, weights, cos, sin
+
+
+def encode_images(vis, pixels: Tensor, n_images: int, tables: tuple[Tensor, Tensor, Tensor, Tensor]
+                  ) -> tuple[Tensor, list[Tensor]]:
+    """HF's Qwen3VLVisionModel forward for n_images of one size: pixels (N, 3·t·p·p) → merged embeddings
+    (N/merge², D_text) and the deepstack features. Attention is batched per image (HF splits it by cu_seqlens
+    with a host sync); each block is checkpointed when the model's gradient checkpointing is on."""
+    taps, weights, cos, sin = tables
+    x = vis.patch_embed(pixels)  # (N, Dv)
+    x = x + (vis.pos_embed(taps) * weights[:, :, None]).sum(1).to(x.dtype)
+    deepstack = []
+    for i, blk in enumerate(vis.blocks):
+        if blk.gradient_checkpointing and blk.training and torch.is_grad_enabled():
+            x = checkpoint(_vision_block, blk, x, cos, sin, n_images, use_reentrant=False)
+        else:
+            x = _vision_block(blk, x, cos, sin, n_images)
+        if i in vis.deepstack_visual_indexes:
+            deepstack.append(vis.deepstack_merger_list[vis.deepstack_visual_indexes.index(i)](x))
+    return vis.merger(x), deepstack
+
+
 def vision(backbone, plan: PromptPlan, images: Tensor, image_mask: Tensor | None) -> tuple[Tensor, list[Tensor]]:
-    """images (B,V,3,H,W) in [0,1] → merged image embeddings (B·V·tokens, D_text) and the deepstack features.
-    All images share one size, so attention runs batched per image instead of split by cu_seqlens."""
-    vis = backbone.hf.model.visual
+    """images (B,V,3,H,W) in [0,1] → merged image embeddings (B·V·tokens, D_text) and the deepstack features."""
     b, v, c, h, w = images.shape
     if (v, h, w) != (plan.views, *plan.hw):
         raise ValueError(f"images of {v} views at {h}x{w} do not fit this plan ({plan.views} views at "
@@ -82,14 +106,8 @@ def vision(backbone, plan: PromptPlan, images: Tensor, image_mask: Tensor | None
         images = images * image_mask.to(images.dtype)[:, :, None, None, None]
     pixels = pixel_patches(images.reshape(b * v, c, h, w), backbone.patch, backbone.merge, backbone.temporal,
                            plan.mean, plan.std)
-    x = vis.patch_embed(pixels.to(backbone.hf.dtype))  # (N, Dv)
-    x = x + (vis.pos_embed(plan.vis_taps) * plan.vis_weights[:, :, None]).sum(1).to(x.dtype)
-    deepstack = []
-    for i, blk in enumerate(vis.blocks):
-        x = _vision_block(blk, x, plan.vis_cos, plan.vis_sin, b * v)
-        if i in vis.deepstack_visual_indexes:
-            deepstack.append(vis.deepstack_merger_list[vis.deepstack_visual_indexes.index(i)](x))
-    return vis.merger(x), deepstack
+    tables = (plan.vis_taps, plan.vis_weights, plan.vis_cos, plan.vis_sin)
+    return encode_images(backbone.hf.model.visual, pixels.to(backbone.hf.dtype), b * v, tables)
 
 
 def _vision_block(blk, x: Tensor, cos: Tensor, sin: Tensor, n_images: int) -> Tensor:

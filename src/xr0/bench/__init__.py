@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-INSTRUCTION = "pick up the red cube on the left and place it in the blue bowl next to the green cup please"
+# 30 characters = 30 tokens of the byte tokenizer a config-only (random) VLM uses: the ~30-token instruction
+INSTRUCTION = "stack the red cube on the bowl"
 SCALES = {
     "tiny": {"backbone": {"name": "qwen3vl", "tiny": {}}, "views": 2, "hw": (56, 56), "chunk": 10,
              "head": {"width": 64, "depth": 2, "num_heads": 2, "head_dim": 32}},
@@ -30,8 +31,9 @@ def build_policy(scale: str, device: str, dtype: torch.dtype):
 
     s = SCALES[scale]
     bb = dict(s["backbone"])
-    backbone = BACKBONES.build(bb.pop("name"), **bb)
-    head = HEADS.build("dit", chunk=s["chunk"], **s["head"])
+    with torch.device(device):  # a paper-scale model initialises on the GPU, not for minutes on the CPU
+        backbone = BACKBONES.build(bb.pop("name"), **bb)
+        head = HEADS.build("dit", chunk=s["chunk"], **s["head"])
     policy = Policy(backbone, head, MASKS.build("causal"), SAMPLERS.build("beta")).to(device=device, dtype=dtype).eval()
     return policy, s
 
