@@ -210,10 +210,13 @@ class Qwen3VLBackbone(nn.Module):
             input_ids[i, length - len(ids):] = torch.tensor(ids)
             attn[i, length - len(ids):] = 1
             labels[i, length - len(ids) + n_prompt:] = torch.tensor(ids[n_prompt:], dtype=torch.long)
-        out = {"input_ids": input_ids.to(device), "attention_mask": attn.to(device),
-               "mm_token_type_ids": (input_ids == img).int().to(device),
+        mm = (input_ids == img).int()
+        # M-RoPE positions on the host tensors: HF's rope index loops per sample with host syncs on the device
+        grid_host = torch.tensor([[1, h // self.patch, w // self.patch]] * (b * v), dtype=torch.long)
+        positions, _ = self.hf.model.get_rope_index(input_ids, mm, grid_host, attention_mask=attn)  # (3,B,S)
+        out = {"input_ids": input_ids.to(device), "attention_mask": attn.to(device), "mm_token_type_ids": mm.to(device),
                "pixel_values": pixel_values.to(self.hf.dtype), "image_grid_thw": grid,
-               "image_layout": (b * v, h // self.patch, w // self.patch)}
+               "image_layout": (b * v, h // self.patch, w // self.patch), "position_ids": positions.to(device)}
         if answers is not None:
             out["labels"] = labels.to(device)
         return out
@@ -232,9 +235,11 @@ class Qwen3VLBackbone(nn.Module):
         hf = self.hf
         if extra_embeds is not None:
             inputs = self._append_extra(inputs, extra_embeds.shape[1])
-        position_ids, _ = hf.model.get_rope_index(
-            inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
-            attention_mask=inputs["attention_mask"])  # (3,B,S)
+        position_ids = inputs.get("position_ids")
+        if position_ids is None or extra_embeds is not None:  # extra tokens lengthen the prompt: position again
+            position_ids, _ = hf.model.get_rope_index(
+                inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
+                attention_mask=inputs["attention_mask"])  # (3,B,S)
         handle = None
         if extra_embeds is not None:
             n = extra_embeds.shape[1]
