@@ -76,12 +76,32 @@ def test_fused_adamw_knob():
     assert opt.defaults["fused"] is False  # None: fused only when every trainable parameter is on CUDA
     with pytest.raises(ValueError, match="optim.fused: true needs"):
         configure_optimizers(module, OptimConfig(total_steps=10, fused=True))
-    # Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients: say so before it does
+    # a loss scaler (16-mixed) unscales inside a fused step: clipping before it is impossible, say so
     module._trainer = SimpleNamespace(max_steps=10, gradient_clip_val=1.0,
-                                      precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+                                      precision_plugin=MixedPrecision("16-mixed", "cpu"))
     with pytest.raises(ValueError, match="gradient_clip_val"):
         configure_optimizers(module, OptimConfig(fused=True))
     assert configure_optimizers(module, OptimConfig())["optimizer"].defaults["fused"] is False
+    # bf16-mixed has no scaler: a fused optimizer with clipping is fine (clip_gradients clips it)
+    module._trainer.precision_plugin = MixedPrecision("bf16-mixed", "cpu")
+    with pytest.raises(ValueError, match="needs every trainable parameter on CUDA"):
+        configure_optimizers(module, OptimConfig(fused=True))
+
+
+def test_clip_gradients_clips_a_fused_optimizer_under_bf16():
+    """Lightning's mixed-precision plugin raises on clipping any fused optimizer; without a scaler the stages clip
+    the (already unscaled) gradients themselves, by norm or by value."""
+    from xr0.stages.common import clip_gradients
+
+    for algorithm, check in (("norm", lambda g: torch.linalg.vector_norm(g) <= 0.1 + 1e-6),
+                             ("value", lambda g: g.abs().max() <= 0.01 + 1e-9)):
+        layer = torch.nn.Linear(8, 8)
+        layer.trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+        (layer(torch.randn(4, 8)) * 100).sum().backward()
+        opt = torch.optim.AdamW(layer.parameters(), fused=True)  # torch has a fused AdamW on CPU too
+        clip_gradients(layer, opt, 0.1 if algorithm == "norm" else 0.01, algorithm)
+        grads = torch.cat([p.grad.flatten() for p in layer.parameters()])
+        assert check(grads), algorithm
 
 
 def test_auto_batch_keeps_the_largest_that_ran(monkeypatch):

@@ -54,22 +54,36 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def _fused(module: Any, optim: OptimConfig, params: list[nn.Parameter]) -> bool:
-    """optim.fused: null → fused when every parameter is on CUDA and Lightning will not refuse it: its
-    mixed-precision plugin (16- and bf16-mixed) raises on gradient clipping with a fused optimizer."""
-    from lightning.pytorch.plugins.precision import MixedPrecision
-
+    """optim.fused: null → fused when every parameter is on CUDA, except under a loss scaler (16-mixed) with
+    gradient clipping: a fused AdamW unscales inside its step, so gradients cannot be clipped before it. bf16-mixed
+    has no scaler; `clip_gradients` clips a fused optimizer's gradients there itself."""
     trainer = getattr(module, "_trainer", None)
     clips = (trainer is not None and bool(trainer.gradient_clip_val)
-             and isinstance(trainer.precision_plugin, MixedPrecision))
+             and getattr(trainer.precision_plugin, "scaler", None) is not None)
     on_cuda = all(p.is_cuda for p in params)
     if optim.fused and clips:
-        raise ValueError("optim.fused: true with trainer.gradient_clip_val under a mixed precision: Lightning "
-                         "refuses to clip a fused optimizer's gradients; set optim.fused: null or "
-                         "trainer.gradient_clip_val: null")
+        raise ValueError("optim.fused: true with trainer.gradient_clip_val under 16-mixed: the loss scaler's "
+                         "gradients cannot be clipped before a fused step; use bf16-mixed, optim.fused: null, "
+                         "or trainer.gradient_clip_val: null")
     if optim.fused and not on_cuda:
         raise ValueError("optim.fused: true needs every trainable parameter on CUDA; set optim.fused: null "
                          "(fused where possible) or false")
     return on_cuda and not clips if optim.fused is None else optim.fused
+
+
+def clip_gradients(module: Any, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None,
+                   gradient_clip_algorithm: str | None) -> None:
+    """The stages' configure_gradient_clipping. Lightning's mixed-precision plugin refuses to clip any fused
+    optimizer, but without a loss scaler (bf16-mixed) the gradients are already unscaled: clip them here."""
+    scaler = getattr(module.trainer.precision_plugin, "scaler", None)
+    if gradient_clip_val and scaler is None and optimizer.defaults.get("fused"):
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+        return
+    module.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 def configure_optimizers(module: Any, optim: OptimConfig) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from xr0.registry import STAGES
-from xr0.stages.common import (OptimConfig, batch_size_of, configure_optimizers, freeze, load_metadata,
+from xr0.stages.common import (OptimConfig, batch_size_of, clip_gradients, configure_optimizers, freeze, load_metadata,
                                log_flow_terms, plot_policy_chunk, save_metadata)
 
 MODES = ("sync", "async")
@@ -102,6 +102,9 @@ class PostTrain(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.optim)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_metadata(self, checkpoint, "post_train")

@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from xr0.registry import STAGES
-from xr0.stages.common import (OptimConfig, batch_size_of, configure_optimizers, load_metadata,
+from xr0.stages.common import (OptimConfig, batch_size_of, clip_gradients, configure_optimizers, load_metadata,
                                log_chunk_figure, save_metadata)
 
 KV_LAYERS = 1  # stage 1 reads only the appended tokens' outputs; the KV of one layer is the cheapest ask
@@ -164,6 +164,9 @@ class VLMCoTrain(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.optim)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_metadata(self, checkpoint, "vlm_cotrain")
