@@ -70,7 +70,7 @@ class FastPolicy:
     def velocity(self, *args, **kwargs) -> Tensor:
         return self.policy.velocity(*args, **kwargs)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # always: captured buffers made in inference mode cannot be written outside it
     def predict_chunk(self, batch: dict[str, Any], prefix: Tensor | None = None, steps: int | None = None,
                       noise: Tensor | None = None) -> Tensor:
         """Actions (B,T,A), as Policy.predict_chunk: prefix (B,P,A) are committed actions kept fixed."""
@@ -83,6 +83,7 @@ class FastPolicy:
             graph = plan[("chunk", steps)] = Graphed(lambda **kw: self._chunk(plan["prompt"], steps, **kw), inputs)
         return graph(**inputs).clone()
 
+    @torch.inference_mode()
     def parts(self, batch: dict[str, Any], steps: int | None = None) -> dict[str, Callable[[], Any]]:
         """Callables running vision, prefill and the DiT loop of one chunk separately (each its own CUDA graph
         on a GPU), for the benchmark's breakdown."""
@@ -102,9 +103,8 @@ class FastPolicy:
                                             [kw[f"v{i}"] for i in range(n)], kw["state"], kw["action_mask"],
                                             kw["noise"], kw["prefix"], kw["prefix_len"])
         args = {"vision": vis_in, "prefill": pre_in, "dit": dit_in}
-        if self.cuda_graph:
-            return {p: (lambda g=Graphed(fns[p], args[p]), a=args[p]: g(**a)) for p in PARTS}
-        return {p: (lambda f=fns[p], a=args[p]: f(**a)) for p in PARTS}
+        run = {p: (Graphed(fns[p], args[p]) if self.cuda_graph else fns[p]) for p in PARTS}
+        return {p: (lambda f=run[p], a=args[p]: _in_inference(f, a)) for p in PARTS}
 
     # ---------------------------------------------------------------- internals
     def _inputs(self, batch: dict[str, Any], prefix: Tensor | None, noise: Tensor | None):
@@ -152,3 +152,8 @@ class FastPolicy:
     def _sample(self, ctx, state, action_mask, noise, prefix, prefix_len, steps):
         # prefix_len 0 everywhere is the no-prefix case: no row is kept, no token is offset (same numbers)
         return self.policy.sample(ctx, {"state": state, "action_mask": action_mask}, prefix, prefix_len, steps, noise)
+
+
+def _in_inference(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    with torch.inference_mode():
+        return fn(**args)
