@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from xr0.bench import build_policy
-from xr0.infer import FastPolicy
+from xr0.infer import FastPolicy, chain
 from xr0.registry import MASKS
 
 TEXTS = ["pick up the red cube", "open the drawer slowly and then close it again please"]
@@ -45,10 +45,16 @@ def test_fast_equals_policy(policy, prefix_steps):
 def test_parts_compose_to_the_chunk(policy):
     fast, data = FastPolicy(policy), batch()
     parts = fast.parts(data, steps=3)
-    embeds, deepstack = parts["vision"]()
-    keys, values = parts["prefill"]()
+    embeds, _ = parts["vision"]()
+    keys, _ = parts["prefill"]()
     assert embeds.shape[0] == 2 * 2 * (56 // 14) ** 2 // 4 and len(keys) == policy.head.depth
     assert parts["dit"]().shape == (2, policy.head.chunk, 32)
+    # predict_chunk is these parts chained: the same chunk for the same noise
+    noise = torch.randn(2, policy.head.chunk, 32)
+    with torch.inference_mode():  # as predict_chunk runs
+        inputs, plan = fast._inputs(data, None, noise)
+        chained = chain(fast._parts(plan, 3, inputs), inputs)
+    torch.testing.assert_close(chained, fast.predict_chunk(data, steps=3, noise=noise))
 
 
 def test_plans_are_reused_and_bounded(policy):
@@ -71,7 +77,8 @@ def test_the_chunk_runs_on_the_meta_device(policy):
     fast_meta = FastPolicy(meta)
     prompt = type(plan["prompt"])(**{k: (v.to("meta") if torch.is_tensor(v) else v)
                                      for k, v in vars(plan["prompt"]).items()})
-    out = fast_meta._chunk(prompt, 5, **{k: v.to("meta") for k, v in inputs.items()})
+    meta_inputs = {k: v.to("meta") for k, v in inputs.items()}
+    out = chain(fast_meta._parts({"prompt": prompt}, 5, meta_inputs), meta_inputs)
     assert out.device.type == "meta" and out.shape == (2, policy.head.chunk, 32)
 
 
@@ -86,7 +93,10 @@ def test_cuda_graph_replay_equals_eager():
     p, _ = build_policy("tiny", "cuda", torch.float32)
     data = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in batch().items()}
     noise = torch.randn(2, p.head.chunk, 32, device="cuda")
-    ref = p.predict_chunk(data, steps=5, noise=noise)
     fast = FastPolicy(p)
-    for _ in range(2):  # capture, then replay with the same inputs
-        torch.testing.assert_close(fast.predict_chunk(data, steps=5, noise=noise), ref, atol=1e-4, rtol=1e-4)
+    for prefix in (None, torch.randn(2, 3, 32, device="cuda"), None):  # one graph serves every prefix length
+        ref = p.predict_chunk(data, prefix=prefix, steps=5, noise=noise)
+        for _ in range(2):  # capture (first call), then replay
+            torch.testing.assert_close(fast.predict_chunk(data, prefix=prefix, steps=5, noise=noise), ref,
+                                       atol=1e-4, rtol=1e-4)
+    assert len(fast._plans) == 1 and len(next(iter(fast._plans.values()))) == 2  # the prompt + one set of graphs

@@ -19,16 +19,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xr0.backbones.qwen3vl_static import make_context, plan_prompt, prefill, static_context, vision
+from xr0.backbones.qwen3vl_static import make_context, plan_prompt, prefill, vision
 
 PARTS = ("vision", "prefill", "dit")
 
 
 class Graphed:
-    """fn(**inputs) captured as one CUDA graph: replay copies new inputs into the captured buffers."""
+    """fn(**inputs) captured as one CUDA graph: replay copies new inputs into the captured buffers. Inputs that are
+    another graph's outputs (`shared`) are read in place: graphs chained this way pass tensors without copies."""
 
-    def __init__(self, fn: Callable[..., Any], inputs: dict[str, Tensor], warmup: int = 3):
-        self.inputs = {k: v.clone() for k, v in inputs.items()}
+    def __init__(self, fn: Callable[..., Any], inputs: dict[str, Tensor], shared: tuple[str, ...] = (),
+                 warmup: int = 3):
+        self.inputs = {k: (v if k in shared else v.clone()) for k, v in inputs.items()}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up off the capture stream (cuBLAS workspaces, compile, autotune)
@@ -41,14 +43,16 @@ class Graphed:
 
     def __call__(self, **inputs: Tensor) -> Any:
         for k, v in inputs.items():
-            self.inputs[k].copy_(v, non_blocking=True)
+            if v is not self.inputs[k]:
+                self.inputs[k].copy_(v, non_blocking=True)
         self.graph.replay()
         return self.output
 
 
 class FastPolicy:
     """Wraps a Policy (Qwen3-VL backbone) for inference: same interface as Policy for predict_chunk, context and
-    velocity (the deploy plugin's RTC path uses the last two, unchanged)."""
+    velocity (the deploy plugin's RTC path uses the last two, unchanged). A chunk is three parts — vision, prefill,
+    DiT loop — chained; on CUDA each is a CUDA graph reading the previous one's outputs in place."""
 
     def __init__(self, policy, cuda_graph: bool | None = None, compile: bool = False, max_plans: int = 8):
         if not hasattr(policy.backbone, "hf"):
@@ -59,9 +63,8 @@ class FastPolicy:
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the policy on a CUDA device, it is on {self.device}")
-        self.max_plans = max_plans
+        self.compile, self.max_plans = compile, max_plans
         self._plans: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
-        self._chunk = torch.compile(self._chunk_eager, dynamic=False) if compile else self._chunk_eager
 
     # ---------------------------------------------------------------- the policy interface
     def context(self, batch: dict[str, Any]):
@@ -75,36 +78,48 @@ class FastPolicy:
                       noise: Tensor | None = None) -> Tensor:
         """Actions (B,T,A), as Policy.predict_chunk: prefix (B,P,A) are committed actions kept fixed."""
         inputs, plan = self._inputs(batch, prefix, noise)
-        steps = steps or self.policy.flow_steps
-        if not self.cuda_graph:
-            return self._chunk(plan["prompt"], steps, **inputs)
-        graph = plan.get(("chunk", steps))
-        if graph is None:  # captured once per plan and step count, replayed ever after
-            graph = plan[("chunk", steps)] = Graphed(lambda **kw: self._chunk(plan["prompt"], steps, **kw), inputs)
-        return graph(**inputs).clone()
+        out = chain(self._parts(plan, steps or self.policy.flow_steps, inputs), inputs)
+        return out.clone() if self.cuda_graph else out  # a graph's output buffer is overwritten by the next replay
 
     @torch.inference_mode()
     def parts(self, batch: dict[str, Any], steps: int | None = None) -> dict[str, Callable[[], Any]]:
-        """Callables running vision, prefill and the DiT loop of one chunk separately (each its own CUDA graph
-        on a GPU), for the benchmark's breakdown."""
+        """Callables that rerun vision, prefill and the DiT loop of this batch's chunk one at a time (replays of
+        the same graphs predict_chunk chains), for the benchmark's breakdown."""
         inputs, plan = self._inputs(batch, None, None)
         steps = steps or self.policy.flow_steps
+        parts = self._parts(plan, steps, inputs)
+        embeds, deepstack = parts["vision"](images=inputs["images"], image_mask=inputs["image_mask"])
+        keys, values = parts["prefill"](embeds=embeds, **_named("ds", deepstack))
+        args = {"vision": {"images": inputs["images"], "image_mask": inputs["image_mask"]},
+                "prefill": {"embeds": embeds, **_named("ds", deepstack)},
+                "dit": {**_named("k", keys), **_named("v", values),
+                        **{k: inputs[k] for k in DIT_INPUTS}}}
+        return {p: (lambda f=parts[p], a=args[p]: _in_inference(f, a)) for p in PARTS}
+
+    # ---------------------------------------------------------------- the three parts
+    def _parts(self, plan: dict[str, Any], steps: int, inputs: dict[str, Tensor]) -> dict[str, Callable[..., Any]]:
+        """The part functions of a plan and step count, built on first use: compiled if asked, and on CUDA each
+        captured as a graph whose inputs are the previous graph's outputs."""
+        key = ("parts", steps)
+        if key in plan:
+            return plan[key]
         prompt = plan["prompt"]
-        vis_in = {k: inputs[k] for k in ("images", "image_mask")}
-        fns = {"vision": lambda images, image_mask: self._vision(prompt, images, image_mask)}
-        embeds, deepstack = fns["vision"](**vis_in)
-        pre_in = {"embeds": embeds, **{f"ds{i}": d for i, d in enumerate(deepstack)}}
-        fns["prefill"] = lambda embeds, **ds: self._prefill(prompt, embeds, [ds[f"ds{i}"] for i in range(len(ds))])
-        keys, values = fns["prefill"](**pre_in)
-        dit_in = {**{f"k{i}": k for i, k in enumerate(keys)}, **{f"v{i}": v for i, v in enumerate(values)},
-                  **{k: inputs[k] for k in ("state", "action_mask", "noise", "prefix", "prefix_len")}}
-        n = len(keys)
-        fns["dit"] = lambda **kw: self._dit(prompt, steps, [kw[f"k{i}"] for i in range(n)],
-                                            [kw[f"v{i}"] for i in range(n)], kw["state"], kw["action_mask"],
-                                            kw["noise"], kw["prefix"], kw["prefix_len"])
-        args = {"vision": vis_in, "prefill": pre_in, "dit": dit_in}
-        run = {p: (Graphed(fns[p], args[p]) if self.cuda_graph else fns[p]) for p in PARTS}
-        return {p: (lambda f=run[p], a=args[p]: _in_inference(f, a)) for p in PARTS}
+        fns = {"vision": lambda images, image_mask: self._vision(prompt, images, image_mask),
+               "prefill": lambda embeds, **ds: self._prefill(prompt, embeds, _unnamed("ds", ds)),
+               "dit": lambda **kw: self._dit(prompt, steps, _unnamed("k", kw), _unnamed("v", kw), kw["state"],
+                                             kw["action_mask"], kw["noise"], kw["prefix"], kw["prefix_len"])}
+        if self.compile:
+            fns = {p: torch.compile(f, dynamic=False) for p, f in fns.items()}
+        if self.cuda_graph:
+            vis = Graphed(fns["vision"], {"images": inputs["images"], "image_mask": inputs["image_mask"]})
+            embeds, deepstack = vis.output
+            pre_in = {"embeds": embeds, **_named("ds", deepstack)}
+            pre = Graphed(fns["prefill"], pre_in, shared=tuple(pre_in))
+            kv = {**_named("k", pre.output[0]), **_named("v", pre.output[1])}
+            dit = Graphed(fns["dit"], {**kv, **{k: inputs[k] for k in DIT_INPUTS}}, shared=tuple(kv))
+            fns = {"vision": vis, "prefill": pre, "dit": dit}
+        plan[key] = fns
+        return fns
 
     # ---------------------------------------------------------------- internals
     def _inputs(self, batch: dict[str, Any], prefix: Tensor | None, noise: Tensor | None):
@@ -145,13 +160,27 @@ class FastPolicy:
         ctx = make_context(self.policy.backbone, prompt, keys, values)
         return self._sample(ctx, state, action_mask, noise, prefix, prefix_len, steps)
 
-    def _chunk_eager(self, prompt, steps, images, image_mask, state, action_mask, noise, prefix, prefix_len):
-        ctx = static_context(self.policy.backbone, prompt, images, image_mask, self.head.depth)
-        return self._sample(ctx, state, action_mask, noise, prefix, prefix_len, steps)
-
     def _sample(self, ctx, state, action_mask, noise, prefix, prefix_len, steps):
         # prefix_len 0 everywhere is the no-prefix case: no row is kept, no token is offset (same numbers)
         return self.policy.sample(ctx, {"state": state, "action_mask": action_mask}, prefix, prefix_len, steps, noise)
+
+
+DIT_INPUTS = ("state", "action_mask", "noise", "prefix", "prefix_len")
+
+
+def chain(parts: dict[str, Callable[..., Any]], inputs: dict[str, Tensor]) -> Tensor:
+    """One chunk: vision → prefill → DiT loop, each part fed the previous one's outputs."""
+    embeds, deepstack = parts["vision"](images=inputs["images"], image_mask=inputs["image_mask"])
+    keys, values = parts["prefill"](embeds=embeds, **_named("ds", deepstack))
+    return parts["dit"](**_named("k", keys), **_named("v", values), **{k: inputs[k] for k in DIT_INPUTS})
+
+
+def _named(prefix: str, tensors: list[Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}{i}": t for i, t in enumerate(tensors)}
+
+
+def _unnamed(prefix: str, named: dict[str, Tensor]) -> list[Tensor]:
+    return [named[f"{prefix}{i}"] for i in range(sum(k.startswith(prefix) and k[len(prefix):].isdigit() for k in named))]
 
 
 def _in_inference(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
