@@ -123,9 +123,10 @@ class FlowHead(nn.Module):
 class FakePolicy(nn.Module):
     """Implements the Policy contract (context, flow_loss, predict_chunk) simply, for stage-logic tests."""
 
-    def __init__(self, backbone, head, mask, tau_sampler):
+    def __init__(self, backbone, head, mask, tau_sampler, flow_steps=5):
         super().__init__()
         self.backbone, self.head, self.mask, self.tau_sampler = backbone, head, mask, tau_sampler
+        self.flow_steps = flow_steps
         self.calls = []
 
     def context(self, batch):

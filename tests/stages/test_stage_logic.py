@@ -69,6 +69,12 @@ def test_post_train_async_passes_prefix_and_reweight(tmp_path, fake_policy):
     assert float(tr.logged_metrics["train/prefix_zero_fraction"]) == pytest.approx(0.5)
 
 
+def test_stage_flow_steps_reach_the_policy(fake_policy):
+    """stage.flow_steps sets the policy's Euler steps: re-weighting's generation and the default of predict_chunk."""
+    assert PostTrain(TinyBackbone(), FlowHead(), None, None, flow_steps=3).policy.flow_steps == 3
+    assert DiTFlow(TinyBackbone(), FlowHead(), None, None, flow_steps=7).policy.flow_steps == 7
+
+
 def test_post_train_sync_rejects_async_switches(fake_policy):
     with pytest.raises(ValueError, match="mode: async"):
         PostTrain(TinyBackbone(), FlowHead(), None, None, mode="sync", reweight=True)

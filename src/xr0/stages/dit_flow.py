@@ -39,7 +39,8 @@ class DiTFlow(L.LightningModule):
 
         if training_repeat < 1:
             raise ValueError(f"stage.training_repeat must be >= 1 (got {training_repeat})")
-        self.policy = Policy(backbone=backbone, head=head, mask=mask, tau_sampler=tau_sampler)
+        self.policy = Policy(backbone=backbone, head=head, mask=mask, tau_sampler=tau_sampler,
+                             flow_steps=flow_steps)
         self.training_repeat, self.optim = training_repeat, optim
         self.flow_steps, self.plot_every_n_steps = flow_steps, plot_every_n_steps
         self.xr0_recipe: dict[str, Any] | None = None

@@ -52,7 +52,8 @@ class PostTrain(L.LightningModule):
                              "set stage.mode: async")
         if training_repeat < 1:
             raise ValueError(f"stage.training_repeat must be >= 1 (got {training_repeat})")
-        self.policy = Policy(backbone=backbone, head=head, mask=mask, tau_sampler=tau_sampler)
+        self.policy = Policy(backbone=backbone, head=head, mask=mask, tau_sampler=tau_sampler,
+                             flow_steps=flow_steps)
         self.mode, self.prefix_sampler, self.reweight = mode, prefix_sampler, reweight
         self.training_repeat, self.optim = training_repeat, optim
         self.flow_steps, self.plot_every_n_steps = flow_steps, plot_every_n_steps
