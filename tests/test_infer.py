@@ -29,11 +29,12 @@ def policy(request):
     return p
 
 
+@pytest.mark.parametrize("b", [1, 2], ids=["batch1-no-padding", "batch2-padded"])
 @pytest.mark.parametrize("prefix_steps", [0, 3])
-def test_fast_equals_policy(policy, prefix_steps):
-    data = batch()
-    noise = torch.randn(2, policy.head.chunk, 32, generator=torch.Generator().manual_seed(5))
-    prefix = torch.randn(2, prefix_steps, 32) if prefix_steps else None
+def test_fast_equals_policy(policy, prefix_steps, b):
+    data = batch(b)
+    noise = torch.randn(b, policy.head.chunk, 32, generator=torch.Generator().manual_seed(5))
+    prefix = torch.randn(b, prefix_steps, 32) if prefix_steps else None
     ref = policy.predict_chunk(data, prefix=prefix, steps=5, noise=noise)
     out = FastPolicy(policy).predict_chunk(data, prefix=prefix, steps=5, noise=noise)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -62,6 +63,9 @@ def test_plans_are_reused_and_bounded(policy):
     for texts in (["a", "b"], ["c", "d"], ["a", "b"], ["e", "f"]):
         fast.predict_chunk({**batch(), "instruction": texts}, steps=1)
     assert [k[0] for k in fast._plans] == [("a", "b"), ("e", "f")]
+    fast.predict_chunk({**batch(), "instruction": ["e", "f"]}, steps=3)
+    # vision and prefill are built once per plan, the DiT loop once per step count
+    assert set(fast._plans[next(reversed(fast._plans))]) == {"prompt", "vision", "prefill", ("dit", 1), ("dit", 3)}
 
 
 def test_the_chunk_runs_on_the_meta_device(policy):
@@ -99,4 +103,13 @@ def test_cuda_graph_replay_equals_eager():
         for _ in range(2):  # capture (first call), then replay
             torch.testing.assert_close(fast.predict_chunk(data, prefix=prefix, steps=5, noise=noise), ref,
                                        atol=1e-4, rtol=1e-4)
-    assert len(fast._plans) == 1 and len(next(iter(fast._plans.values()))) == 2  # the prompt + one set of graphs
+    plan = next(iter(fast._plans.values()))
+    assert len(fast._plans) == 1 and set(plan) == {"prompt", "vision", "prefill", ("dit", 5)}  # one set of graphs
+    fast.predict_chunk(data, steps=3, noise=noise)
+    assert ("dit", 3) in plan  # another step count adds a DiT graph only
+    # the benchmark's layout: bf16, batch 1, no padding (causal SDPA without a mask)
+    p16 = p.to(torch.bfloat16)
+    one = {k: v[:1] for k, v in data.items()}
+    one["state"] = one["state"].bfloat16()
+    ref = p16.predict_chunk(one, steps=5, noise=noise[:1].bfloat16())
+    torch.testing.assert_close(FastPolicy(p16).predict_chunk(one, steps=5, noise=noise[:1].bfloat16()), ref)

@@ -25,27 +25,33 @@ PARTS = ("vision", "prefill", "dit")
 
 
 class Graphed:
-    """fn(**inputs) captured as one CUDA graph: replay copies new inputs into the captured buffers. Inputs that are
-    another graph's outputs (`shared`) are read in place: graphs chained this way pass tensors without copies."""
+    """fn(**inputs) captured as one CUDA graph on `device`: replay copies new inputs into the captured buffers.
+    Inputs that are another graph's outputs (`shared`) are read in place: chained graphs pass tensors without
+    copies. The graph reads parameters by address: moving or re-assigning them afterwards needs a new FastPolicy
+    (an in-place load_state_dict is fine)."""
 
-    def __init__(self, fn: Callable[..., Any], inputs: dict[str, Tensor], shared: tuple[str, ...] = (),
-                 warmup: int = 3):
+    def __init__(self, fn: Callable[..., Any], inputs: dict[str, Tensor], device: torch.device,
+                 shared: tuple[str, ...] = (), warmup: int = 3):
+        self.device = device
         self.inputs = {k: (v if k in shared else v.clone()) for k, v in inputs.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture stream (cuBLAS workspaces, compile, autotune)
-            for _ in range(warmup):
-                fn(**self.inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = fn(**self.inputs)
+        with torch.cuda.device(device):  # streams and capture on the policy's GPU, not the current one
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the capture stream (cuBLAS workspaces, compile, autotune)
+                for _ in range(warmup):
+                    fn(**self.inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: a camera thread's CUDA work during a capture must not abort it
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.output = fn(**self.inputs)
 
     def __call__(self, **inputs: Tensor) -> Any:
-        for k, v in inputs.items():
-            if v is not self.inputs[k]:
-                self.inputs[k].copy_(v, non_blocking=True)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            for k, v in inputs.items():
+                if v is not self.inputs[k]:
+                    self.inputs[k].copy_(v, non_blocking=True)
+            self.graph.replay()
         return self.output
 
 
@@ -77,6 +83,9 @@ class FastPolicy:
     def predict_chunk(self, batch: dict[str, Any], prefix: Tensor | None = None, steps: int | None = None,
                       noise: Tensor | None = None) -> Tensor:
         """Actions (B,T,A), as Policy.predict_chunk: prefix (B,P,A) are committed actions kept fixed."""
+        if self.cuda_graph and torch.is_autocast_enabled("cuda"):
+            raise RuntimeError("FastPolicy's CUDA graphs cannot run under torch.autocast (its cast-weight cache is "
+                               "freed after the capture): cast the policy instead, e.g. policy.to(torch.bfloat16)")
         inputs, plan = self._inputs(batch, prefix, noise)
         out = chain(self._parts(plan, steps or self.policy.flow_steps, inputs), inputs)
         return out.clone() if self.cuda_graph else out  # a graph's output buffer is overwritten by the next replay
@@ -98,28 +107,30 @@ class FastPolicy:
 
     # ---------------------------------------------------------------- the three parts
     def _parts(self, plan: dict[str, Any], steps: int, inputs: dict[str, Tensor]) -> dict[str, Callable[..., Any]]:
-        """The part functions of a plan and step count, built on first use: compiled if asked, and on CUDA each
-        captured as a graph whose inputs are the previous graph's outputs."""
-        key = ("parts", steps)
-        if key in plan:
-            return plan[key]
+        """The part functions of a plan, built on first use (vision and prefill once per plan, the DiT loop once per
+        step count): compiled if asked, and on CUDA each captured as a graph reading the previous one's outputs."""
         prompt = plan["prompt"]
-        fns = {"vision": lambda images, image_mask: self._vision(prompt, images, image_mask),
-               "prefill": lambda embeds, **ds: self._prefill(prompt, embeds, _unnamed("ds", ds)),
-               "dit": lambda **kw: self._dit(prompt, steps, _unnamed("k", kw), _unnamed("v", kw), kw["state"],
-                                             kw["action_mask"], kw["noise"], kw["prefix"], kw["prefix_len"])}
-        if self.compile:
-            fns = {p: torch.compile(f, dynamic=False) for p, f in fns.items()}
-        if self.cuda_graph:
-            vis = Graphed(fns["vision"], {"images": inputs["images"], "image_mask": inputs["image_mask"]})
-            embeds, deepstack = vis.output
-            pre_in = {"embeds": embeds, **_named("ds", deepstack)}
-            pre = Graphed(fns["prefill"], pre_in, shared=tuple(pre_in))
-            kv = {**_named("k", pre.output[0]), **_named("v", pre.output[1])}
-            dit = Graphed(fns["dit"], {**kv, **{k: inputs[k] for k in DIT_INPUTS}}, shared=tuple(kv))
-            fns = {"vision": vis, "prefill": pre, "dit": dit}
-        plan[key] = fns
-        return fns
+        if "vision" not in plan:
+            vision = lambda images, image_mask: self._vision(prompt, images, image_mask)
+            prefill = lambda embeds, **ds: self._prefill(prompt, embeds, _unnamed("ds", ds))
+            vision, prefill = (torch.compile(vision, dynamic=False), torch.compile(prefill, dynamic=False)) \
+                if self.compile else (vision, prefill)
+            if self.cuda_graph:
+                vision = Graphed(vision, {"images": inputs["images"], "image_mask": inputs["image_mask"]}, self.device)
+                embeds, deepstack = vision.output
+                pre_in = {"embeds": embeds, **_named("ds", deepstack)}
+                prefill = Graphed(prefill, pre_in, self.device, shared=tuple(pre_in))
+            plan["vision"], plan["prefill"] = vision, prefill
+        if ("dit", steps) not in plan:
+            dit = lambda **kw: self._dit(prompt, steps, _unnamed("k", kw), _unnamed("v", kw), kw["state"],
+                                         kw["action_mask"], kw["noise"], kw["prefix"], kw["prefix_len"])
+            dit = torch.compile(dit, dynamic=False) if self.compile else dit
+            if self.cuda_graph:
+                keys, values = plan["prefill"].output
+                kv = {**_named("k", keys), **_named("v", values)}
+                dit = Graphed(dit, {**kv, **{k: inputs[k] for k in DIT_INPUTS}}, self.device, shared=tuple(kv))
+            plan[("dit", steps)] = dit
+        return {"vision": plan["vision"], "prefill": plan["prefill"], "dit": plan[("dit", steps)]}
 
     # ---------------------------------------------------------------- internals
     def _inputs(self, batch: dict[str, Any], prefix: Tensor | None, noise: Tensor | None):
