@@ -56,12 +56,18 @@ def test_prefill_matches_flop_counter(tiny):
     assert full.bytes == sum(p.numel() for p in policy.backbone.hf.model.language_model.parameters())
 
 
-def test_dit_matches_flop_counter(tiny):
-    policy, s, batch, inputs = tiny
+def dit_call(tiny):
+    """One DiT velocity call on a fixed (no-grad) VLM context, as a thunk."""
+    policy, s, batch, _ = tiny
     with torch.no_grad():
         ctx = policy.context(batch)
     x, tau = torch.randn(B, s["chunk"], 32), torch.rand(B, s["chunk"])
-    measured = counted(lambda: policy.velocity(ctx, batch, x, tau))
+    return lambda: policy.velocity(ctx, batch, x, tau)
+
+
+def test_dit_matches_flop_counter(tiny):
+    policy, _, _, inputs = tiny
+    measured = counted(dit_call(tiny))
     model = flops.dit_cost(policy.head, inputs["input_ids"].shape[1], B, steps=1, dtype_bytes=4)
     assert model.flops == pytest.approx(measured, rel=0.02)
     assert flops.dit_cost(policy.head, 10, B, steps=5, dtype_bytes=2).flops == \
@@ -70,13 +76,11 @@ def test_dit_matches_flop_counter(tiny):
 
 def test_dit_training_costs_three_forwards(tiny):
     """The 3F convention holds for the DiT: its backward on the frozen VLM's K/V is ~2 forwards."""
-    policy, s, batch, _ = tiny
-    with torch.no_grad():
-        ctx = policy.context(batch)
-    x, tau = torch.randn(B, s["chunk"], 32), torch.rand(B, s["chunk"])
-    fwd = counted(lambda: policy.velocity(ctx, batch, x, tau))
+    policy = tiny[0]
+    velocity = dit_call(tiny)
+    fwd = counted(velocity)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
-        policy.velocity(ctx, batch, x, tau).square().mean().backward()
+        velocity().square().mean().backward()
     policy.zero_grad(set_to_none=True)
     assert fc.get_total_flops() == pytest.approx(3 * fwd, rel=0.05)
 

@@ -169,9 +169,6 @@ class FastPolicy:
 
     def _dit(self, prompt, steps, keys, values, state, action_mask, noise, prefix, prefix_len):
         ctx = make_context(self.policy.backbone, prompt, keys, values)
-        return self._sample(ctx, state, action_mask, noise, prefix, prefix_len, steps)
-
-    def _sample(self, ctx, state, action_mask, noise, prefix, prefix_len, steps):
         # prefix_len 0 everywhere is the no-prefix case: no row is kept, no token is offset (same numbers)
         return self.policy.sample(ctx, {"state": state, "action_mask": action_mask}, prefix, prefix_len, steps, noise)
 

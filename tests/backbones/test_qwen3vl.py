@@ -345,6 +345,18 @@ def test_extra_tokens_sit_right_after_each_prompt_despite_padding(vlm):
     assert both.next_position[1] == alone.next_position[0]
 
 
+def test_prepared_positions_equal_hf_rope_index_also_with_extra_tokens(vlm):
+    """prepare computes the M-RoPE positions on the host; appended extra tokens extend them. Both equal what
+    HF's rope index gives for the same ids (which the forward no longer has to run)."""
+    imgs, mask = batch()
+    inputs = vlm.prepare(imgs, mask, ["pick up the red block", "go"])
+    for inp in (inputs, vlm._append_extra(inputs, 3)):
+        ref, _ = vlm.hf.model.get_rope_index(inp["input_ids"], inp["mm_token_type_ids"], inp["image_grid_thw"],
+                                             attention_mask=inp["attention_mask"])
+        valid = inp["attention_mask"].bool()[None].expand_as(ref)  # padding positions carry no meaning
+        assert torch.equal(inp["position_ids"][valid], ref[valid])
+
+
 def test_lora_gradients_reach_the_adapters_through_the_keys():
     torch.manual_seed(0)
     vlm = BACKBONES.build("qwen3vl", lora={"r": 4, "alpha": 8})

@@ -226,7 +226,12 @@ class Qwen3VLBackbone(nn.Module):
         b = inputs["input_ids"].shape[0]
         dev = inputs["input_ids"].device
         extra = torch.full((b, n), self.tokenizer.special("<|extra|>"), dtype=torch.long, device=dev)
-        return {**inputs,
+        out = {}
+        if "position_ids" in inputs:  # text tokens after the prompt: one position each, the same on all 3 axes
+            pos = inputs["position_ids"]  # (3,B,S)
+            after = pos.amax(dim=(0, 2))[None, :, None] + 1 + torch.arange(n, device=pos.device)  # (1,B,n)
+            out["position_ids"] = torch.cat([pos, after.expand(3, b, n)], dim=2)
+        return {**inputs, **out,
                 "input_ids": torch.cat([inputs["input_ids"], extra], 1),
                 "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(b, n, dtype=torch.long, device=dev)], 1),
                 "mm_token_type_ids": torch.cat([inputs["mm_token_type_ids"], torch.zeros(b, n, dtype=torch.int, device=dev)], 1)}
@@ -236,7 +241,7 @@ class Qwen3VLBackbone(nn.Module):
         if extra_embeds is not None:
             inputs = self._append_extra(inputs, extra_embeds.shape[1])
         position_ids = inputs.get("position_ids")
-        if position_ids is None or extra_embeds is not None:  # extra tokens lengthen the prompt: position again
+        if position_ids is None:  # inputs not from prepare: HF's rope index (loops per sample, syncs)
             position_ids, _ = hf.model.get_rope_index(
                 inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
                 attention_mask=inputs["attention_mask"])  # (3,B,S)
@@ -260,18 +265,22 @@ class Qwen3VLBackbone(nn.Module):
         logits = hf.lm_head(out.last_hidden_state) if lm_head else None
         return out, cache, position_ids, inputs["attention_mask"], logits
 
+    def vision_tables(self, inputs: dict[str, Any]) -> tuple[Tensor, ...]:
+        """Position-embedding taps/weights and vision RoPE of `prepare`'s image layout, computed once per layout
+        and device (HF's helpers sync with the host)."""
+        key = (inputs["image_layout"], inputs["pixel_values"].device)
+        if key not in self._vision_tables:
+            self._vision_tables[key] = vision_tables(self.hf.model.visual, inputs["image_grid_thw"])
+        return self._vision_tables[key]
+
     def _images(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The vision tower's output for HF's forward: batched over equal-size images, no host sync (tables
         cached per image layout), where `prepare` recorded the layout; else HF's own per-image path."""
         layout = inputs.get("image_layout")
         if layout is None:
             return {"pixel_values": inputs["pixel_values"]}
-        vis = self.hf.model.visual
-        key = (layout, inputs["pixel_values"].device)
-        tables = self._vision_tables.get(key)
-        if tables is None:
-            tables = self._vision_tables[key] = vision_tables(vis, inputs["image_grid_thw"])
-        embeds, deepstack = encode_images(vis, inputs["pixel_values"], layout[0], tables)
+        embeds, deepstack = encode_images(self.hf.model.visual, inputs["pixel_values"], layout[0],
+                                          self.vision_tables(inputs))
         return {"mm_encoder_outputs": {"image": BaseModelOutputWithDeepstackFeatures(
             pooler_output=(embeds,), deepstack_features=[(d,) for d in deepstack])}}
 

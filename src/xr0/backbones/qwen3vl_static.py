@@ -50,14 +50,13 @@ def plan_prompt(backbone, texts: list[str], views: int, h: int, w: int) -> Promp
     device = next(hf.parameters()).device
     dummy = torch.zeros(len(texts), views, 3, h, w, device=device)
     inputs = backbone.prepare(dummy, None, list(texts))
-    position_ids, _ = hf.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                              inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
-    lm, vis = hf.model.language_model, hf.model.visual
+    position_ids = inputs["position_ids"]  # (3,B,S), computed by prepare on the host
+    lm = hf.model.language_model
     embeds = lm.embed_tokens(inputs["input_ids"])  # (B,S,D): dtype and shape for the mask and the RoPE
     mask = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
                               cache=None)
     cos, sin = lm.rotary_emb(embeds, position_ids)  # (B,S,hd)
-    taps, weights, vis_cos, vis_sin = vision_tables(vis, inputs["image_grid_thw"])
+    taps, weights, vis_cos, vis_sin = backbone.vision_tables(inputs)
     image_index = (inputs["input_ids"].flatten() == hf.config.image_token_id).nonzero().flatten()
     return PromptPlan(
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"].bool(), image_index=image_index,
