@@ -87,6 +87,7 @@ class LoadedPolicy:
     embodiment: str | None
     stats: Any
     stage: str | None
+    processor: Any = None  # xr0.processor.Processor: raw observation -> batch, chunk -> robot actions
 
 
 def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedPolicy:
@@ -98,7 +99,7 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> L
     if not recipe or "stage" not in recipe:
         raise ValueError(f"{path} carries no xr0_recipe: it was not written by `xr0 fit` (or the run predates "
                          f"metadata); cannot rebuild the model without the recipe")
-    stage_tree = dict(recipe["stage"])
+    stage_tree = _export_paths(dict(recipe["stage"]), Path(path) if Path(path).is_dir() else None)
     stage_tree["init_from"] = None  # the weights come from this checkpoint, not from the earlier stage
     module = config.build(stage_tree, "stage")
     # checkpoints name parts `policy.backbone.*` (stages 2/3) or `backbone.*` (stage 1, release imports)
@@ -114,5 +115,42 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> L
     module.xr0_recipe, module.xr0_stats = recipe, meta.get("xr0_stats")
     module.to(map_location).eval()
     policy = getattr(module, "policy", module)
+    processor = None
+    if meta.get("xr0_processor"):
+        from xr0.processor import Processor
+
+        processor = Processor.from_dict(meta["xr0_processor"])
+        _check_backbone_spec(path, processor, getattr(policy, "backbone", None))
     return LoadedPolicy(policy=policy, recipe=recipe, embodiment=meta.get("xr0_embodiment"),
-                        stats=meta.get("xr0_stats"), stage=meta.get("xr0_stage"))
+                        stats=meta.get("xr0_stats"), stage=meta.get("xr0_stage"), processor=processor)
+
+
+def _export_paths(node: Any, export_dir: Path | None) -> Any:
+    """`${export_dir}/...` in a recipe an export carries (e.g. the release's tokenizer files) → that export's folder,
+    so an export directory can be moved and still load."""
+    from xr0.release.importer import EXPORT_DIR
+
+    if isinstance(node, dict):
+        return {k: _export_paths(v, export_dir) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_export_paths(v, export_dir) for v in node]
+    if isinstance(node, str) and node.startswith(EXPORT_DIR):
+        if export_dir is None:
+            raise ValueError(f"recipe path {node!r} points into an export directory, but this is a checkpoint file")
+        return str(export_dir.resolve()) + node[len(EXPORT_DIR):]
+    return node
+
+
+def _check_backbone_spec(path: Any, processor: Any, backbone: Any) -> None:
+    """The rebuilt backbone must preprocess as the trained one did (pixel mean/std, prompt, patch·merge): a model
+    served with other preprocessing than it was trained with answers confidently and wrongly."""
+    if backbone is None or not hasattr(backbone, "input_spec") or not processor.backbone:
+        return
+    now, trained = backbone.input_spec(), processor.backbone
+    differ = [k for k in ("factor", "image_mean", "image_std", "prompt", "view_labels")
+              if k in trained and now.get(k) != trained[k]]
+    if differ:
+        k = differ[0]
+        raise CheckpointMismatch(f"{path}: the rebuilt backbone preprocesses differently from training in "
+                                 f"{', '.join(differ)} (e.g. {k}: now {now.get(k)}, trained {trained[k]}); keep the "
+                                 f"backbone's preprocessor/prompt settings of the recipe that trained it")

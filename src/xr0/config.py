@@ -208,6 +208,10 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
         fields = {f.name: f for f in dataclasses.fields(RunConfig)}
         problems += _check_keys("run", tree["run"] or {}, fields, set(), "run")
+    if not problems:  # rules across components, once each component is well-formed
+        from xr0.processor import recipe_problems
+
+        problems += recipe_problems(tree)
     if problems:
         raise RecipeError("recipe is invalid:\n  - " + "\n  - ".join(problems))
     return tree

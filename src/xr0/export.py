@@ -1,7 +1,7 @@
 """`xr0 export CKPT OUT/`: a training checkpoint → safetensors weights + JSON metadata.
 
 The export is what a robot host needs and nothing else: weights (no optimiser state), the resolved recipe,
-the embodiment and the normalisation statistics. `read_export` is its inverse; the policy loader
+the embodiment, the normalisation statistics and the processor (xr0.processor) serving feeds the model with. `read_export` is its inverse; the policy loader
 (`xr0.checkpoint`) accepts either form.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 WEIGHTS = "model.safetensors"
 METADATA = "xr0.json"
-META_KEYS = ("xr0_recipe", "xr0_stats", "xr0_embodiment", "xr0_stage")
+META_KEYS = ("xr0_recipe", "xr0_stats", "xr0_embodiment", "xr0_stage", "xr0_processor")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

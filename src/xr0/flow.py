@@ -63,3 +63,10 @@ def euler_sample(velocity: Callable[[Tensor, Tensor], Tensor], noise: Tensor, st
         if prefix is not None:
             x = torch.where(keep, prefix, x)
     return x
+
+
+def step_mask(action_mask: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """The batch's action mask as (B, 1, A) — valid dims for every chunk step — or, when it is given per chunk step
+    (B, T, A) (the released per-timestep statistics), as it is."""
+    m = action_mask if action_mask.ndim == 3 else action_mask[:, None, :]
+    return m if dtype is None else m.to(dtype)

@@ -11,9 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from xr0 import flow
+from xr0.flow import step_mask
 from xr0.types import VLMContext
 
 REWEIGHT_CLAMP = (0.5, 5.0)  # SPEC §2 stage 3
+
 
 
 class Policy(nn.Module):
@@ -40,7 +42,7 @@ class Policy(nn.Module):
         """One DiT call. x_tau (B,T,A), tau (B,T) per token → v (B,T,A)."""
         b, t, _ = x_tau.shape
         is_prefix = flow.prefix_positions(prefix_len, b, t, x_tau.device)  # (B,T)
-        amask = batch["action_mask"].to(x_tau.dtype)[:, None, :]  # (B,1,A)
+        amask = step_mask(batch["action_mask"], x_tau.dtype)  # (B,1,A) or (B,T,A)
         mask = self.mask(t, prefix_len, training=training, device=x_tau.device)
         return self.head(ctx, batch["state"], x_tau * amask, tau, mask, noisy=~is_prefix)  # (B,T,A)
 
@@ -55,7 +57,7 @@ class Policy(nn.Module):
             noise = torch.randn(b, t, a_dim, device=state.device, dtype=state.dtype)
         is_prefix = flow.prefix_positions(prefix_len, b, t, noise.device)  # (B,T)
         inputs = self.head.prepare(ctx, self.mask(t, prefix_len, training=False, device=noise.device), ~is_prefix)
-        amask = amask.to(noise.dtype)[:, None, :]  # (B,1,A)
+        amask = step_mask(amask, noise.dtype)  # (B,1,A) or (B,T,A)
         fn = lambda x, tau: self.head.step(inputs, state, x * amask, tau)
         x = flow.euler_sample(fn, noise, steps or self.flow_steps, prefix, prefix_len, self.head.prefix_tau)
         return x * amask  # (B,T,A)
@@ -85,7 +87,7 @@ class Policy(nn.Module):
         is_prefix = flow.prefix_positions(prefix_len, b, t, a.device)  # (B,T)
         chunk_mask = batch.get("chunk_mask")
         chunk_mask = torch.ones(b, t, dtype=torch.bool, device=a.device) if chunk_mask is None else chunk_mask.bool()
-        valid = batch["action_mask"].bool()[:, None, :] & (chunk_mask & ~is_prefix)[..., None]  # (B,T,A)
+        valid = step_mask(batch["action_mask"].bool()) & (chunk_mask & ~is_prefix)[..., None]  # (B,T,A)
         weight = torch.ones_like(a)
         if reweight and prefix_len is not None and bool((prefix_len > 0).any()):
             weight = self._reweight(ctx, batch, prefix_len, valid)

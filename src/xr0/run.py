@@ -35,6 +35,17 @@ def _run_dir(run: RunConfig, resume: str | None) -> Path:
     return out
 
 
+def attach_processor(module: Any, datamodule: Any) -> None:
+    """Hand the backbone's input spec to the data (so it resizes as the backbone expects) and put the data's
+    processor on the stage, which saves it in every checkpoint (xr0.processor)."""
+    backbone = getattr(getattr(module, "policy", module), "backbone", None)
+    spec = backbone.input_spec() if hasattr(backbone, "input_spec") else {}
+    if hasattr(datamodule, "configure"):
+        datamodule.configure(spec)
+    if hasattr(datamodule, "processor"):
+        module.xr0_processor = datamodule.processor()
+
+
 def build_trainer(tree: dict[str, Any], module: Any, out: Path, callbacks: list | None = None, **extra: Any):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor
@@ -82,8 +93,9 @@ def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = No
 
     datamodule = config.build(tree["data"], "data")
     module = config.build(tree["stage"], "stage")
-    module.xr0_recipe = tree  # stages store it (and stats, embodiment) in every checkpoint
+    module.xr0_recipe = tree  # stages store it (and stats, embodiment, processor) in every checkpoint
     module.xr0_stats = getattr(datamodule, "stats", None)
+    attach_processor(module, datamodule)
 
     trainer = build_trainer(tree, module, out, callbacks)
     if trainer.is_global_zero:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 ACTION_DIM = 32  # canonical padded action/state width (SPEC §4)
+STD_FLOOR = 1e-6  # a std below this (padded or constant dims) normalises by 1 instead
 
 
 @dataclass

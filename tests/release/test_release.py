@@ -69,11 +69,12 @@ def test_embodiments_and_statistics_come_from_the_processor(release, tmp_path):
         assert emb["stats"]["state"] is None  # the release feeds raw state
     assert meta["xr0_embodiment"] == "bridge_delta"
     assert meta["xr0_stats"] == meta["xr0_embodiments"]["bridge_delta"]["stats"]
-    parity = meta["xr0_recipe"]["parity"]
-    assert parity["mask"] == "causal" and parity["rope_offset"] == 0 and parity["prefix_tau"] == "shared"
-    assert parity["async_prefix"] is False
-    head = meta["xr0_recipe"]["head"]
+    stage = meta["xr0_recipe"]["stage"]  # the released inference path, rebuildable by load_policy / xr0 serve
+    assert stage["mask"] == {"name": "causal"} and stage["mode"] == "sync" and stage["init_from"] is None
+    head = stage["head"]
+    assert head["rope_offset"] == 0 and head["prefix_tau"] == "shared"
     assert (head["width"], head["depth"], head["head_dim"]) == (conftest.D, conftest.L, conftest.HD)
+    assert stage["backbone"]["prompt"] == "release" and stage["backbone"]["preprocessor"]["patch_size"] == 16
     vlm = json.loads((tmp_path / "imp" / "vlm_config.json").read_text())
     assert vlm["text_config"] == conftest.VLM_CONFIG["text_config"] and vlm["model_type"] == "qwen3_vl"
 
@@ -153,6 +154,7 @@ def test_export_adds_the_trained_embodiment(release, tmp_path):
     mean = [[0.5] * 6 + [0.0] * 26] * conftest.T
     std = [[2.0] * 32] * conftest.T  # padded dims with spread: must be forced below the release threshold
     meta["xr0_embodiment"] = "my_arm"
+    meta["xr0_processor"] = None  # a model without a processor: the statistics and embodiment records are used
     meta["xr0_stats"] = {"actions": {"mean": mean, "std": std}, "state": None}
     meta["xr0_embodiments"]["my_arm"] = {"action_mask": [True] * 6 + [False] * 26}
     meta_path.write_text(json.dumps(meta))
@@ -164,6 +166,34 @@ def test_export_adds_the_trained_embodiment(release, tmp_path):
     meta["xr0_stats"]["state"] = {"mean": [0.0] * 32, "std": [1.0] * 32}
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ReleaseError, match="xr0_stats.state: .*raw state"):
+        export_release(tmp_path / "imp", tmp_path / "rel2")
+
+
+def test_export_writes_the_trained_chunk_from_the_processor(release, tmp_path):
+    """A model post-trained with chunk 3 on a release of action_length 4 exports 3 rows of statistics (the
+    released code generates as many steps as its statistics have rows), with its own mask."""
+    import numpy as np
+
+    from xr0.embodiments import Embodiment
+    from xr0.processor import ImageSpec, Processor
+
+    import_release(release, tmp_path / "imp", robot_type="libero_all")
+    meta_path = tmp_path / "imp" / "xr0.json"
+    meta = json.loads(meta_path.read_text())
+    arm = Embodiment(name="my_arm", action_names=tuple("abcdef"), state_names=tuple("abcdef"), cameras=("base",),
+                     control_hz=10.0, chunk=3, action_low=(-1.0,) * 6, action_high=(1.0,) * 6)
+    mean = np.arange(3 * 32, dtype=np.float32).reshape(3, 32) / 100
+    std = np.full((3, 32), 2.0, np.float32)
+    meta["xr0_processor"] = Processor(arm, ImageSpec(size=(56, 56)), 3, mean, std).to_dict()
+    meta_path.write_text(json.dumps(meta))
+    export_release(tmp_path / "imp", tmp_path / "rel")
+    ac = json.loads((tmp_path / "rel" / "preprocessor_config.json").read_text())["action_config"]["my_arm"]
+    assert np.asarray(ac["mean"]).shape == (3, 32) and np.allclose(ac["mean"], mean)
+    assert ac["std"][2] == [2.0] * 6 + [0.0] * 26  # padded dims below the release's validity threshold
+    meta["xr0_processor"]["state_mean"] = [0.0] * 32
+    meta["xr0_processor"]["state_std"] = [1.0] * 32
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ReleaseError, match="normalised states.*state_norm: none"):
         export_release(tmp_path / "imp", tmp_path / "rel2")
 
 

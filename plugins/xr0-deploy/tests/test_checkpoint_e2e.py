@@ -26,7 +26,7 @@ def checkpoint(request, tmp_path):
 
 
 def _observation(meta, rng):
-    cams = meta["cameras"] or ["front"]
+    cams = meta["cameras"]
     return {"observation/state": rng.uniform(-1, 1, meta["state_dim"]), "prompt": "stack the cups",
             **{f"observation/{c}": rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for c in cams}}
 
@@ -41,8 +41,8 @@ def test_fit_serve_and_drive_with_the_openpi_client(checkpoint):
     try:
         client = openpi.WebsocketClientPolicy(host="127.0.0.1", port=srv.port)
         meta = client.get_server_metadata()
-        if emb is None:  # synthetic data: all 32 canonical dims, the statistics' action mask (7 valid)
-            want_a, want_s, cams = 7, 32, None
+        if emb is None:  # synthetic data: its made-up robot of 7 action and state dims and one camera
+            want_a, want_s, cams = 7, 7, ["cam0"]
         else:
             robot = embodiments.get(emb)
             want_a, want_s, cams = robot.action_dim, robot.state_dim, list(robot.cameras)

@@ -41,7 +41,7 @@ def test_openpi_client_drives_the_server_unchanged(server):
     out = client.infer(OBS)
     assert out["actions"].shape == (10, 7) and out["actions"].dtype == np.float32
     assert out["server_timing"]["infer_ms"] > 0
-    out2 = client.infer({"observation/state": OBS["state"], "observation/image": OBS["images"]["front"],
+    out2 = client.infer({"observation/state": OBS["state"], "observation/front": OBS["images"]["front"],
                          "prompt": "x", "prefix_actions": out["actions"][4:8]})
     np.testing.assert_allclose(out2["actions"][:4], out["actions"][4:8], atol=1e-5)  # prefix honoured
     assert "prev_total_ms" in out2["server_timing"]

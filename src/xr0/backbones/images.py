@@ -2,11 +2,37 @@
 transformers' Qwen2VLImageProcessor for images already at a multiple of patch·merge (batched, on device)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Qwen2VLImageProcessor defaults (OpenAI CLIP)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 1280  # Qwen2VLImageProcessor's defaults
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's filter codes in preprocessor_config.json
+
+
+def read_preprocessor(path: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A Qwen-VL `preprocessor_config.json` (a file, a folder holding one, or its content) → image_mean, image_std,
+    patch_size, merge_size, min_pixels, max_pixels, resample (only the keys it sets)."""
+    if isinstance(path, dict):
+        cfg = dict(path)
+    else:
+        p = Path(path)
+        p = p / "preprocessor_config.json" if p.is_dir() else p
+        if not p.is_file():
+            raise FileNotFoundError(f"backbone.preprocessor={path}: no preprocessor_config.json there")
+        cfg = json.loads(p.read_text())
+    cfg = cfg.get("image_processor", cfg) if "image_mean" not in cfg else cfg
+    size = cfg.get("size") or {}
+    out = {"image_mean": cfg.get("image_mean"), "image_std": cfg.get("image_std"), "patch_size": cfg.get("patch_size"),
+           "merge_size": cfg.get("merge_size"), "min_pixels": cfg.get("min_pixels", size.get("shortest_edge")),
+           "max_pixels": cfg.get("max_pixels", size.get("longest_edge")),
+           "resample": PIL_RESAMPLE.get(cfg.get("resample")) if cfg.get("resample") is not None else None}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in out.items() if v is not None}
 
 
 def patchify(images: Tensor, patch: int, merge: int, temporal: int, mean=CLIP_MEAN, std=CLIP_STD) -> tuple[Tensor, Tensor]:

@@ -20,9 +20,9 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
 from xr0.backbones.configs import tiny_qwen3vl_config
-from xr0.backbones.images import CLIP_MEAN, CLIP_STD, patchify
+from xr0.backbones.images import CLIP_MEAN, CLIP_STD, MAX_PIXELS, MIN_PIXELS, patchify, read_preprocessor
 from xr0.backbones.qwen3vl_static import encode_images, vision_tables
-from xr0.backbones.tokenizer import ByteTokenizer, HFTokenizer
+from xr0.backbones.tokenizer import PROMPTS, ByteTokenizer, HFTokenizer, release_prompt
 from xr0.registry import BACKBONES
 from xr0.types import VLMContext
 
@@ -44,12 +44,17 @@ class _PrefillCache(DynamicCache):
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
 
-def _architecture(config: str):
-    """`qwen3vl_4b` (the published 4B architecture) or a path to a Qwen3-VL config.json."""
+def _architecture(config: str | dict):
+    """`qwen3vl_4b` (the published 4B architecture), a path to a Qwen3-VL config.json, or its content (a dict, as
+    `xr0 import-release` records the release's VLM)."""
+    import copy
+
     from transformers import Qwen3VLConfig
 
     from xr0.backbones.configs import qwen3vl_4b_config
 
+    if isinstance(config, dict):
+        return Qwen3VLConfig(**{k: copy.deepcopy(v) for k, v in config.items() if k != "model_type"})
     if config == "qwen3vl_4b":
         return qwen3vl_4b_config()
     path = Path(config)
@@ -67,15 +72,22 @@ class Qwen3VLBackbone(nn.Module):
     def __init__(self, pretrained: str | None = None, tiny: dict[str, Any] | None = None, freeze: bool = False,
                  gradient_checkpointing: bool = False, lora: dict[str, Any] | None = None,
                  max_text_tokens: int = 64, dtype: str | None = None, config: str | None = None,
-                 tokenizer: str | None = None):
+                 tokenizer: str | None = None, preprocessor: str | dict | None = None,
+                 image_mean: list[float] | None = None, image_std: list[float] | None = None,
+                 prompt: str = "chat", view_labels: list[str] | None = None):
+        """preprocessor: a Qwen-VL preprocessor_config.json (or its folder) giving pixel mean/std, pixel budget and
+        resample filter (default: the one in `pretrained`, if any; else CLIP mean/std); image_mean/image_std override
+        it. prompt: `chat` (the tokenizer's chat template) or `release` (the Xiaomi-Robotics-0 deployment prompt,
+        one "# <view label>" line per camera from view_labels)."""
         super().__init__()
         from transformers import Qwen3VLForConditionalGeneration
 
-        problems = self.__xr0_validate__({"lora": lora, "freeze": freeze, "dtype": dtype})
+        problems = self.__xr0_validate__({"lora": lora, "freeze": freeze, "dtype": dtype, "prompt": prompt,
+                                          "view_labels": view_labels})
         if problems:
             raise ValueError("; ".join(problems))
 
-        mean, std = CLIP_MEAN, CLIP_STD
+        pre = read_preprocessor(preprocessor) if preprocessor else {}
         if pretrained:
             path = Path(pretrained)
             if not (path / "config.json").is_file():
@@ -84,10 +96,8 @@ class Qwen3VLBackbone(nn.Module):
             self.model = Qwen3VLForConditionalGeneration.from_pretrained(
                 path, local_files_only=True, dtype=getattr(torch, dtype) if dtype else "auto")
             self.tokenizer = HFTokenizer(str(path))
-            pp = path / "preprocessor_config.json"
-            if pp.is_file():
-                cfg = json.loads(pp.read_text())
-                mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
+            if not preprocessor and (path / "preprocessor_config.json").is_file():
+                pre = read_preprocessor(path)
         elif config:  # an architecture without weights (they come from init_from, or the run is a benchmark)
             arch = _architecture(config)
             self.tokenizer = HFTokenizer(tokenizer) if tokenizer else ByteTokenizer()
@@ -104,7 +114,9 @@ class Qwen3VLBackbone(nn.Module):
             self.model.to(getattr(torch, dtype))
         if tokenizer and not isinstance(self.tokenizer, HFTokenizer):
             self.tokenizer = HFTokenizer(tokenizer)
-        self.image_mean, self.image_std = mean, std
+        self.image_mean = tuple(image_mean or pre.get("image_mean", CLIP_MEAN))
+        self.image_std = tuple(image_std or pre.get("image_std", CLIP_STD))
+        self.prompt, self.view_labels = prompt, list(view_labels or [])
         cfg = self.model.config
         # a real tokenizer must fit the model; the byte fallback on a config-only build is a placeholder
         if isinstance(self.tokenizer, HFTokenizer) and self.tokenizer.vocab_size > cfg.text_config.vocab_size:
@@ -115,6 +127,12 @@ class Qwen3VLBackbone(nn.Module):
         self.num_kv_heads, self.head_dim = text.num_key_value_heads, text.head_dim
         vis = cfg.vision_config
         self.patch, self.merge, self.temporal = vis.patch_size, vis.spatial_merge_size, vis.temporal_patch_size
+        for key, mine in (("patch_size", self.patch), ("merge_size", self.merge)):
+            if key in pre and pre[key] != mine:
+                raise ValueError(f"backbone.preprocessor: {key} {pre[key]} but the VLM's vision config has {mine}: "
+                                 f"use the preprocessor that belongs to the model")
+        self.pixels = (pre.get("min_pixels", MIN_PIXELS), pre.get("max_pixels", MAX_PIXELS))
+        self.resample = pre.get("resample", "bicubic")
         self.max_text_tokens = max_text_tokens
         self._vision_tables: dict[tuple, tuple[Tensor, ...]] = {}
         self.frozen = freeze
@@ -150,6 +168,11 @@ class Qwen3VLBackbone(nn.Module):
             if kwargs.get("freeze"):
                 problems.append("backbone: freeze: true also freezes the LoRA adapters, so nothing in the VLM would "
                                 "train; LoRA already keeps the base weights fixed: drop one of freeze / lora")
+        if kwargs.get("prompt", "chat") not in PROMPTS:
+            problems.append(f"backbone.prompt={kwargs['prompt']!r}: use one of {list(PROMPTS)}")
+        if kwargs.get("prompt") == "release" and not kwargs.get("view_labels"):
+            problems.append("backbone.prompt: release needs backbone.view_labels, one label per camera (e.g. "
+                            "['Base View', 'Left-Wrist View'])")
         if kwargs.get("dtype") not in (None, *DTYPES):
             problems.append(f"backbone.dtype={kwargs['dtype']!r}: use one of {list(DTYPES)} (or null for the "
                             f"checkpoint's own dtype)")
@@ -160,6 +183,26 @@ class Qwen3VLBackbone(nn.Module):
             except (KeyError, ValueError, TypeError) as e:
                 problems.append(f"backbone.tiny: {e}")
         return problems
+
+    def input_spec(self) -> dict[str, Any]:
+        """What the processor needs from this backbone (xr0.processor): image sides a multiple of `factor`, the
+        smart-resize pixel budget and filter; and what it applies itself (pixel mean/std, prompt), for the record."""
+        return {"factor": self.patch * self.merge, "min_pixels": int(self.pixels[0]), "max_pixels": int(self.pixels[1]),
+                "resample": self.resample, "image_mean": list(self.image_mean), "image_std": list(self.image_std),
+                "prompt": self.prompt, "view_labels": list(self.view_labels)}
+
+    @staticmethod
+    def spec_factor(kwargs: dict[str, Any]) -> int | None:
+        """patch·merge from recipe kwargs without building the model (None when the sizes are not on this machine)."""
+        try:
+            if kwargs.get("pretrained"):
+                cfg = Path(kwargs["pretrained"]) / "config.json"
+                vis = json.loads(cfg.read_text()).get("vision_config", {}) if cfg.is_file() else None
+                return None if vis is None else vis.get("patch_size", 16) * vis.get("spatial_merge_size", 2)
+            vis = (_architecture(kwargs["config"]) if kwargs.get("config") else tiny_qwen3vl_config(kwargs.get("tiny")))
+            return vis.vision_config.patch_size * vis.vision_config.spatial_merge_size
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     @property
     def hf(self) -> nn.Module:
@@ -175,7 +218,12 @@ class Qwen3VLBackbone(nn.Module):
         text_ids = tok.encode(text)
         if len(text_ids) > self.max_text_tokens:  # truncate the instruction, never the template around it
             text = tok.decode(text_ids[: self.max_text_tokens])
-        ids = tok.encode(tok.chat_prompt(n_views, text))
+        if self.prompt == "release":
+            if len(self.view_labels) != n_views:
+                raise ValueError(f"backbone.view_labels has {len(self.view_labels)} labels for {n_views} camera views")
+            ids = tok.encode(release_prompt(self.view_labels, text))
+        else:
+            ids = tok.encode(tok.chat_prompt(n_views, text))
         pad = tok.special("<|image_pad|>")
         if ids.count(pad) != n_views:
             raise ValueError(f"the chat template rendered {ids.count(pad)} <|image_pad|> tokens for {n_views} camera "

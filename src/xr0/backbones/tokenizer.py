@@ -23,6 +23,19 @@ def qwen_vl_chat(n_images: int, text: str) -> str:
     return f"<|im_start|>user\n{images}{text}<|im_end|>\n<|im_start|>assistant\n"
 
 
+PROMPTS = ("chat", "release")
+
+
+def release_prompt(view_labels: list[str], text: str) -> str:
+    """The released Xiaomi-Robotics-0 deployment prompt (its public README and inference code): an intro line, one
+    "# <label>" line and image per view, the instruction after the images with " /no_cot", and an empty <cot>
+    answer already closed — the DiT reads the K/V of exactly this sequence."""
+    views = "".join(f"# {label}\n<|vision_start|><|image_pad|><|vision_end|>\n" for label in view_labels)
+    return ("<|im_start|>user\nThe following observations are captured from multiple views.\n" + views
+            + f"Generate robot actions for the task:\n{text} /no_cot<|im_end|>\n"
+              "<|im_start|>assistant\n<cot></cot><|im_end|>\n")
+
+
 class ByteTokenizer:
     """UTF-8 bytes are ids 0..255; special tokens follow. Its chat template is `qwen_vl_chat`."""
 

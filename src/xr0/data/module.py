@@ -62,9 +62,9 @@ class _Stream(IterableDataset):
         streams = []
         for i, card in enumerate(dm.cards):
             if card.kind == "vl":
-                tf = VLTransform(card, dm.image_size, dm.views, counts)
+                tf = VLTransform(card, dm.image_spec(), dm.views, counts)
             else:
-                tf = RobotTransform(card, dm.card_stats[card.name], dm.chunk, dm.image_size, dm.views, counts)
+                tf = RobotTransform(card, dm.processor(card.name), counts)
             streams.append(card_stream(card, tf, counts, dm.shuffle_buffer, dm.shard_shuffle,
                                        dm.seed + 1000 * rank + 100 * i + (info.id if info else 0)))
         if len(streams) == 1 and world == 1:
@@ -83,11 +83,18 @@ class WebDatasetData(L.LightningDataModule):
 
     def __init__(self, card: str | None = None, cards: list[str] | None = None, weights: list[float] | None = None,
                  batch_size: int = 32, num_workers: int = 2, shuffle_buffer: int = 1000, shard_shuffle: int = 100,
-                 image_size: Any = 224, views: int | None = None, chunk: int | None = None, seed: int = 0,
-                 samples_per_epoch: int | None = None, embodiment: str | None = None):
+                 image_size: int | list[int] | None = 224, image_resize: str = "letterbox",
+                 image_resample: str | None = None, state_norm: str = "meanstd", views: int | None = None,
+                 chunk: int | None = None, seed: int = 0, samples_per_epoch: int | None = None,
+                 embodiment: str | None = None):
+        """image_size: every camera's (H, W) for the model (an int: square), or null: each frame's own smart resize
+        (the released Qwen-VL preprocessing); image_resize: letterbox (aspect kept) | stretch; image_resample:
+        bilinear | bicubic | nearest, null: the backbone's; state_norm: meanstd | none (raw state, as the release)."""
         super().__init__()
         problems = WebDatasetData.__xr0_validate__({"card": card, "cards": cards, "weights": weights,
-                                                         "chunk": chunk, "embodiment": embodiment})
+                                                         "chunk": chunk, "embodiment": embodiment,
+                                                         "image_resize": image_resize, "image_resample": image_resample,
+                                                         "state_norm": state_norm})
         if problems:
             raise CardError("data (webdataset):\n  - " + "\n  - ".join(problems))
         refs = [card] if card is not None else list(cards)
@@ -97,7 +104,9 @@ class WebDatasetData(L.LightningDataModule):
         self.with_vl = any(c.kind == "vl" for c in self.cards)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_buffer, self.shard_shuffle, self.seed = shuffle_buffer, shard_shuffle, seed
-        self.image_size = image_size
+        self.image_size, self.image_resize, self.image_resample = image_size, image_resize, image_resample
+        self.state_norm, self.input_spec = state_norm, {}
+        self._processors: dict[str, Any] = {}
         from xr0 import embodiments
 
         self.chunk = chunk or (min(c.chunk for c in robot) if robot else 1)
@@ -120,17 +129,56 @@ class WebDatasetData(L.LightningDataModule):
                                     f"{world} rank(s) × {max(1, num_workers)} worker(s) needs at least {need} per card "
                                     f"(rewrite it with a smaller maxcount, or lower data.num_workers)")
 
+    # ------------------------------------------------------------ the processor (xr0.processor)
+    def configure(self, input_spec: dict[str, Any]) -> None:
+        """The backbone's input spec (patch·merge factor, pixel budget, resample): `xr0 fit` hands it over before
+        any sample is read, so the processors resize the way the backbone expects."""
+        self.input_spec = dict(input_spec or {})
+        self._processors.clear()
+
+    def image_spec(self):
+        from xr0.processor import ImageSpec
+
+        spec = self.input_spec
+        size = self.image_size
+        return ImageSpec(size=None if size is None else (tuple(size) if isinstance(size, (list, tuple)) else size),
+                         resize=self.image_resize, resample=self.image_resample or spec.get("resample", "bicubic"),
+                         factor=spec.get("factor", 1),  # no backbone yet (tests, tools): no size rule
+                         **{k: spec[k] for k in ("min_pixels", "max_pixels") if k in spec})
+
+    def processor(self, card_name: str | None = None):
+        """The Processor of a robot card (default: the first one, which checkpoints carry)."""
+        from xr0 import embodiments
+        from xr0.processor import Processor
+
+        card = next(c for c in self.cards if c.kind == "robot" and (card_name is None or c.name == card_name))
+        if card.name not in self._processors:
+            emb = embodiments.get(card.embodiment)
+            cams = tuple(card.cameras or emb.cameras)[: self.views]
+            cams += tuple(f"_absent{i}" for i in range(self.views - len(cams)))  # pads a mixture to one view count
+            self._processors[card.name] = Processor.from_stats(
+                emb, self.card_stats[card.name], self.chunk, self.image_spec(), cameras=cams,
+                state_norm=self.state_norm, backbone=self.input_spec)
+        return self._processors[card.name]
+
     @staticmethod
     def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
         """Recipe-time checks: the cards exist and are valid, their embodiments are registered."""
+        from xr0.processor import RESAMPLE, RESIZE, STATE_NORM
+
+        problems = []
+        for key, allowed in (("image_resize", RESIZE), ("image_resample", (None, *RESAMPLE)),
+                             ("state_norm", STATE_NORM)):
+            if key in kwargs and kwargs[key] not in allowed:
+                problems.append(f"{key}: {kwargs[key]!r} is not one of {[a for a in allowed if a is not None]}")
         card, cards, weights = kwargs.get("card"), kwargs.get("cards"), kwargs.get("weights")
         if (card is None) == (cards is None):
-            return ["give exactly one of card: (one data card) or cards: [...] (a mixture, with weights:)"]
+            return problems + ["give exactly one of card: (one data card) or cards: [...] (a mixture, with weights:)"]
         if cards is not None and (not isinstance(cards, list) or not cards):
-            return ["cards: must be a non-empty list of data card names or paths"]
+            return problems + ["cards: must be a non-empty list of data card names or paths"]
         if weights is not None and (cards is None or len(weights) != len(cards) or any(w <= 0 for w in weights)):
-            return [f"weights: need one positive weight per entry of cards ({len(cards or [])}), got {weights}"]
-        problems, loaded = [], []
+            return problems + [f"weights: need one positive weight per entry of cards ({len(cards or [])}), got {weights}"]
+        loaded = []
         for key, ref in ([("card", card)] if card is not None else [(f"cards[{i}]", r) for i, r in enumerate(cards)]):
             try:
                 loaded.append(load_card(ref))

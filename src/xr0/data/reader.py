@@ -1,7 +1,8 @@
 """The streaming pipeline: shards → samples in the batch contract of src/xr0/types.py.
 
 Per card: WebDataset (split by node, then by worker, then shard shuffle) → sample shuffle buffer → decode
-→ per-sample transform (relative actions, canonical 32 dims, normalisation, chunk mask). Several cards are
+→ per-sample transform (the card's xr0.processor.Processor: state and chunk normalised, cameras resized to the
+model size, missing cameras masked; the same code serving runs). Several cards are
 mixed sample by sample with RandomMix; the batcher then splits robot and vision-language samples into
 {'robot': ..., 'vl': ...}. Corrupt samples are skipped through one handler that warns and counts; each
 batch carries its worker's counters under `_counts` (the data module pops them, see module.py). Images travel
@@ -18,9 +19,7 @@ import torch
 from PIL import Image
 
 from xr0.data.cards import DataCard
-from xr0.data.stats import floor_std
-from xr0.data.writer import relative_chunk
-from xr0.types import ACTION_DIM
+from xr0.processor import ImageSpec, Processor, collate, finish_images  # noqa: F401  (re-exported)
 
 
 class Counts:
@@ -41,22 +40,9 @@ class Counts:
         return {"worker": info.id if info else -1, **self.c}
 
 
-def _size(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return image_size, image_size
-    h, w = image_size
-    return int(h), int(w)
-
-
-def decode_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
-    """JPEG/PNG bytes → (H, W, 3) uint8 at `size`. draft() lets libjpeg downscale while decoding."""
-    img = Image.open(io.BytesIO(data))
-    if img.format == "JPEG" and (img.height > 2 * size[0] and img.width > 2 * size[1]):
-        img.draft("RGB", (size[1], size[0]))
-    img = img.convert("RGB")
-    if img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.BILINEAR)
-    return np.asarray(img)
+def decode_image(data: bytes) -> np.ndarray:
+    """JPEG/PNG bytes → (H, W, 3) uint8 at the size it was recorded; the processor brings it to the model size."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def _npy(data: bytes) -> np.ndarray:
@@ -70,55 +56,35 @@ def _json(data: bytes) -> dict[str, Any]:
 
 
 class RobotTransform:
-    """Raw sample dict (bytes per extension) → one robot sample of the batch contract (unbatched, numpy)."""
+    """Raw sample dict (bytes per extension) → one robot sample of the batch contract (unbatched, numpy), through
+    the card's Processor: the same code `xr0 serve` runs on a live observation."""
 
-    def __init__(self, card: DataCard, stats: dict[str, Any], chunk: int, image_size, views: int, counts: Counts):
-        from xr0 import embodiments
-
-        self.card, self.chunk, self.views, self.counts = card, chunk, views, counts
-        self.emb = embodiments.get(card.embodiment)
-        self.size = _size(image_size)
-        self.cameras = card.cameras or self.emb.cameras
-        self.mask = self.emb.action_mask()
-        self.a_mean = np.asarray(stats["actions"]["mean"], np.float32)[:chunk]
-        self.a_std = floor_std(np.asarray(stats["actions"]["std"], np.float32)[:chunk])
-        self.s_mean = np.asarray(stats["state"]["mean"], np.float32)
-        self.s_std = floor_std(np.asarray(stats["state"]["std"], np.float32))
-        self.state_mask = self.emb.to_canonical(np.ones(self.emb.state_dim), "state") > 0
+    def __init__(self, card: DataCard, processor: Processor, counts: Counts):
+        self.card, self.processor, self.counts = card, processor, counts
 
     def __call__(self, s: dict[str, Any]) -> dict[str, Any]:
-        c = self.card
+        c, proc = self.card, self.processor
+        emb = proc.embodiment
         meta = _json(s[c.key("meta")])
         state = _npy(s[c.key("state")]).astype(np.float32).reshape(-1)
-        future = _npy(s[c.key("actions")]).astype(np.float32).reshape(-1, self.emb.action_dim)
-        if len(future) == 0 or state.shape[0] != self.emb.state_dim or not np.all(np.isfinite(future)):
-            raise ValueError(f"{s.get('__key__')}: bad state {state.shape} / actions {future.shape} for '{self.emb.name}'")
-        rel, valid = relative_chunk(self.emb, future, state, self.chunk)
-        actions = (self.emb.to_canonical(rel) - self.a_mean) / self.a_std  # (T, 32)
-        actions[:, ~self.mask] = 0.0
-        st = (self.emb.to_canonical(state, "state") - self.s_mean) / self.s_std  # (32,)
-        st[~self.state_mask] = 0.0
-        images = np.zeros((self.views, self.size[0], self.size[1], 3), np.uint8)
-        image_mask = np.zeros(self.views, bool)
-        for v, cam in enumerate(self.cameras[: self.views]):
-            data = s.get(c.key(cam))
-            if data is not None:
-                images[v] = decode_image(data, self.size)
-                image_mask[v] = True
+        future = _npy(s[c.key("actions")]).astype(np.float32)
+        if len(future) == 0 or state.shape[0] != emb.state_dim or future.ndim != 2 or future.shape[1] != emb.action_dim \
+                or not np.all(np.isfinite(future)):
+            raise ValueError(f"{s.get('__key__')}: bad state {state.shape} / actions {future.shape} for '{emb.name}'")
+        frames = {cam: (decode_image(s[c.key(cam)]) if c.key(cam) in s else None) for cam in proc.cameras}
+        sample = proc.observation({"state": state, "images": frames, "prompt": str(meta.get(c.instruction_field, ""))})
+        sample["actions"], sample["chunk_mask"] = proc.actions(future, state)
         self.counts.c["robot"] += 1
         self.counts.c[f"source:{c.name}"] += 1
-        return {"kind": "robot", "images": images, "image_mask": image_mask,
-                "instruction": str(meta.get(c.instruction_field, "")), "state": st.astype(np.float32),
-                "actions": actions.astype(np.float32), "action_mask": self.mask, "chunk_mask": valid,
-                "embodiment": self.emb.name}
+        return {"kind": "robot", **sample}
 
 
 class VLTransform:
     """Raw VL sample → {images, image_mask, prompt, answer}. Multi-turn conversations: the last assistant
     turn is the answer; earlier turns form the prompt (the backbone applies its chat template at load time)."""
 
-    def __init__(self, card: DataCard, image_size, views: int, counts: Counts):
-        self.card, self.size, self.views, self.counts = card, _size(image_size), views, counts
+    def __init__(self, card: DataCard, image: ImageSpec, views: int, counts: Counts):
+        self.card, self.image, self.views, self.counts = card, image, views, counts
 
     def __call__(self, s: dict[str, Any]) -> dict[str, Any]:
         meta = _json(s[self.card.key("json")])
@@ -130,14 +96,16 @@ class VLTransform:
             prompt = "\n".join(t["value"] for t in turns[:-1])
         else:
             prompt, answer = meta["prompt"], meta["answer"]
-        images = np.zeros((self.views, self.size[0], self.size[1], 3), np.uint8)
-        image_mask = np.zeros(self.views, bool)
         first = self.card.key("image")
         keys = [first] + [f"{j}.{first}" for j in range(1, self.views)]
-        for v, k in enumerate(keys):
-            if k in s:
-                images[v] = decode_image(s[k], self.size)
-                image_mask[v] = True
+        fitted = {v: self.image.fit(decode_image(s[k])) for v, k in enumerate(keys) if k in s}
+        h, w = next(iter(fitted.values())).shape[:2] if fitted else (self.image.size or (self.image.factor,) * 2)
+        images = np.zeros((self.views, h, w, 3), np.uint8)
+        image_mask = np.zeros(self.views, bool)
+        for v, img in fitted.items():
+            if img.shape[:2] != (h, w):
+                raise ValueError(f"{s.get('__key__')}: its images resize to different sizes")
+            images[v], image_mask[v] = img, True
         self.counts.c["vl"] += 1
         self.counts.c[f"source:{self.card.name}"] += 1
         return {"kind": "vl", "images": images, "image_mask": image_mask, "prompt": str(prompt), "answer": str(answer)}
@@ -153,33 +121,6 @@ def card_stream(card: DataCard, transform, counts: Counts, shuffle_buffer: int, 
     if shuffle_buffer > 0:
         ds = ds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100))
     return ds.map(transform, handler=counts.handler)
-
-
-def finish_images(batch: dict[str, Any]) -> dict[str, Any]:
-    """uint8 (B, V, H, W, 3) images → float32 (B, V, 3, H, W) in [0, 1], in place, also in 'robot'/'vl' sub-batches.
-    Runs after the batch reached the device (on_after_batch_transfer), so on a GPU it costs nothing."""
-    for part in (batch, batch.get("robot"), batch.get("vl")):
-        if isinstance(part, dict) and torch.is_tensor(part.get("images")) and part["images"].dtype == torch.uint8:
-            x = part["images"]
-            part["images"] = x.permute(0, 1, 4, 2, 3).to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-    return batch
-
-
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Unbatched numpy samples of one kind → the batch contract, except images: uint8 (B, V, H, W, 3) until
-    `finish_images` (the data module's on_after_batch_transfer) makes them float (B, V, 3, H, W) in [0, 1]."""
-    out: dict[str, Any] = {}
-    for k in samples[0]:
-        if k == "kind":
-            continue
-        vals = [s[k] for s in samples]
-        if isinstance(vals[0], np.ndarray):  # images stay uint8 (B, V, H, W, 3): 4× fewer bytes across the worker hop
-            out[k] = torch.from_numpy(np.stack(vals))
-        else:
-            out[k] = vals
-    if "actions" in out:
-        assert out["actions"].shape[-1] == ACTION_DIM
-    return out
 
 
 class Batcher:

@@ -2,7 +2,7 @@
 
 Everything is in the canonical padded 32-dim layout and, for actions, AFTER the embodiment's relative
 conversion — i.e. exactly the numbers the model is trained on before normalisation. The file format is
-what deploy's Normalizer reads (xr0_deploy.local): {"actions": {"mean": (T, 32), "std": (T, 32), "q01",
+what xr0.processor.Processor.from_stats reads: {"actions": {"mean": (T, 32), "std": (T, 32), "q01",
 "q99", "count": (T,)}, "state": {"mean": (32,), "std": (32,), ...}, "action_mask": (32,)}.
 Quantiles come from a per-timestep reservoir sample (exact up to `reservoir` samples, approximate beyond).
 """
@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 
 from xr0.types import ACTION_DIM
-
-STD_FLOOR = 1e-6  # same floor as deploy: padded / constant dims have std 0
 
 
 class _Moments:
@@ -105,9 +103,6 @@ def load_stats(path: str | Path) -> dict[str, Any]:
 
 
 def for_checkpoint(stats: dict[str, Any]) -> dict[str, Any]:
-    """The stats as plain lists, only the keys deploy's Normalizer accepts (actions, state, action_mask)."""
+    """The stats as plain lists (actions, state, action_mask), as checkpoints carry them."""
     return _to_jsonable({k: stats[k] for k in ("actions", "state", "action_mask")})
 
-
-def floor_std(std: np.ndarray) -> np.ndarray:
-    return np.where(np.abs(std) < STD_FLOOR, 1.0, std).astype(np.float32)

@@ -88,6 +88,32 @@ class SyntheticData(L.LightningDataModule):
         zeros, ones = [0.0] * ACTION_DIM, [1.0] * ACTION_DIM
         self.stats = {"state": {"mean": zeros, "std": ones}, "actions": {"mean": zeros, "std": ones},
                       "action_mask": self.robot.action_mask.tolist()}
+        if emb is None:  # a made-up robot of the generated dims, so checkpoints trained here still serve
+            from xr0.embodiments import Embodiment
+
+            v, t = self.robot.images.shape[1], self.robot.actions.shape[1]
+            emb = Embodiment(name="synthetic", action_names=tuple(f"a{i}" for i in range(dims)),
+                             state_names=tuple(f"s{i}" for i in range(len(state_slots))),
+                             cameras=tuple(f"cam{i}" for i in range(v)), control_hz=30.0, chunk=t,
+                             action_low=(-10.0,) * dims, action_high=(10.0,) * dims, action_slots=tuple(slots),
+                             state_slots=tuple(state_slots))
+        self.emb, self.image_size, self.input_spec = emb, image_size, {}
+
+    def configure(self, input_spec: dict[str, Any]) -> None:
+        """The backbone's input spec, handed over by `xr0 fit` (see WebDatasetData.configure)."""
+        self.input_spec = dict(input_spec or {})
+
+    def processor(self):
+        """The Processor checkpoints carry: this data's robot, identity statistics, images at image_size."""
+        from xr0.processor import ImageSpec, Processor
+
+        spec = self.input_spec
+        image = ImageSpec(size=self.image_size, resample=spec.get("resample", "bicubic"),
+                          factor=spec.get("factor", 1),  # no backbone yet (tests, tools): no size rule
+                         **{k: spec[k] for k in ("min_pixels", "max_pixels") if k in spec})
+        t = self.robot.actions.shape[1]
+        cams = tuple(self.emb.cameras)[: self.robot.images.shape[1]]
+        return Processor.from_stats(self.emb, self.stats, t, image, cameras=cams, backbone=spec)
 
     def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         robot = _collate(samples)

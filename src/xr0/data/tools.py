@@ -11,7 +11,7 @@ from PIL import Image
 
 from xr0.data.cards import DataCard, load_card, shard_list
 from xr0.data.stats import StatsAccumulator, save_stats
-from xr0.data.writer import relative_chunk
+from xr0.processor import canonical_chunk
 
 
 def _raw_samples(card: DataCard, select: set[str] | None = None, handler=None):
@@ -39,8 +39,8 @@ def compute_stats(ref: str, reservoir: int = 4096, write: bool = True, progress:
                   disable=not progress):
         state = np.load(io.BytesIO(s[card.key("state")])).astype(np.float32).reshape(-1)
         future = np.load(io.BytesIO(s[card.key("actions")])).astype(np.float32).reshape(-1, emb.action_dim)
-        rel, valid = relative_chunk(emb, future, state, card.chunk)
-        acc.add(emb.to_canonical(state, "state"), emb.to_canonical(rel), valid)
+        rel, valid = canonical_chunk(emb, future, state, card.chunk)
+        acc.add(emb.to_canonical(state, "state"), rel, valid)
     stats = acc.result()
     if write:
         if not card.stats_path or not card.is_local:

@@ -1,10 +1,13 @@
 """Episodes → WebDataset shards + data card + statistics.
 
 Shard format — one sample per timestep, carrying its future action chunk:
-  <key>.<camera>.jpg   one JPEG per camera (uint8 RGB)
+  <key>.<camera>.jpg   one JPEG (or PNG, `image_format: png`) per camera, uint8 RGB at the camera's native size;
+                       absent when that camera's frame is missing at this timestep
   <key>.state.npy      (S,) float32 raw state at frame t
   <key>.actions.npy    (n, A) float32 raw absolute actions t .. t+n-1, n = min(chunk, steps left)
-  <key>.meta.json      {episode, t, steps, fps, timestamp, embodiment, <instruction_field>: str}
+  <key>.meta.json      {episode, t, steps, fps, timestamp, embodiment, <instruction_field>: str, missing: [cameras]}
+An episode records a missing frame as `None` in its camera's frame list (or by leaving the camera out); the
+reader and the server then both feed that camera as an all-zero frame with image_mask False (xr0.processor).
 Why one timestep, not an episode window: the shuffle buffer then mixes single frames from many episodes
 (a window would put correlated frames side by side in a batch), a reader needs no state across samples
 (truncated shards lose one frame, not a window), and any reader chunk ≤ the stored chunk works. The cost is
@@ -29,9 +32,21 @@ from xr0.data.stats import StatsAccumulator, save_stats
 TAR = {"format": "GNU_FORMAT", "mtime": 0}
 
 
+IMAGE_FORMATS = ("jpg", "png")
+
+
 def encode_jpeg(img: np.ndarray, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_image(img: np.ndarray, fmt: str, quality: int = 95) -> bytes:
+    """uint8 (H, W, 3) → JPEG (lossy, small) or PNG (lossless: the reader sees exactly the recorded frame)."""
+    if fmt == "jpg":
+        return encode_jpeg(img, quality)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -55,9 +70,15 @@ def _check_episode(i: int, ep: dict[str, Any], emb, cameras: tuple[str, ...]) ->
     for cam, frames in ep["images"].items():
         if cam not in cameras:
             raise ValueError(f"episode {i}: camera '{cam}' is not one of {list(cameras)}")
-        f = np.asarray(frames)
-        if f.dtype != np.uint8 or f.ndim != 4 or f.shape[0] != n or f.shape[-1] != 3:
-            raise ValueError(f"episode {i}: images['{cam}'] must be uint8 (N={n}, H, W, 3), got {f.dtype} {f.shape}")
+        if len(frames) != n:
+            raise ValueError(f"episode {i}: images['{cam}'] has {len(frames)} frames for {n} steps")
+        for t, f in enumerate(frames):  # a list may hold None for a missing frame
+            if f is None:
+                continue
+            f = np.asarray(f)
+            if f.dtype != np.uint8 or f.ndim != 3 or f.shape[-1] != 3:
+                raise ValueError(f"episode {i}: images['{cam}'][{t}] must be uint8 (H, W, 3) or None (missing), got "
+                                 f"{f.dtype} {f.shape}")
     if not isinstance(ep.get("instruction", ""), str):
         raise TypeError(f"episode {i}: instruction must be a string")
     return n
@@ -66,19 +87,26 @@ def _check_episode(i: int, ep: dict[str, Any], emb, cameras: tuple[str, ...]) ->
 def write_episodes(episodes: Iterable[dict[str, Any]], out_dir: str | Path, embodiment: str, name: str,
                    fps: float | None = None, chunk: int | None = None, cameras: list[str] | None = None,
                    maxcount: int = 1000, jpeg_quality: int = 95, license: str = "unknown", source: str = "",
-                   description: str = "", instruction_field: str = "instruction", progress: bool = True) -> Path:
+                   description: str = "", instruction_field: str = "instruction", progress: bool = True,
+                   image_format: str = "jpg") -> Path:
     """Write episodes as shards `<out_dir>/<name>-NNNNNN.tar`, statistics and a card; return the card path.
 
-    episodes: dicts with images {camera: (N,H,W,3) uint8}, state (N,S), actions (N,A) (absolute, robot units)
-    and instruction (str). fps and chunk default to the embodiment's control rate and chunk length.
+    episodes: dicts with images {camera: (N,H,W,3) uint8, or a list of N frames where None marks a missing one},
+    state (N,S), actions (N,A) (absolute, robot units) and instruction (str); a camera left out of `images` is
+    missing for the whole episode. fps and chunk default to the embodiment's control rate and chunk length.
     """
     import webdataset as wds
     from tqdm import tqdm
 
     from xr0 import embodiments
 
+    from xr0.processor import canonical_chunk
+
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format {image_format!r}: use one of {list(IMAGE_FORMATS)}")
     emb = embodiments.get(embodiment)
     cams = tuple(cameras or emb.cameras)
+    sizes: dict[str, list[int]] = {}
     chunk = int(chunk or emb.chunk)
     fps = float(fps or emb.control_hz)
     out = Path(out_dir)
@@ -92,18 +120,25 @@ def write_episodes(episodes: Iterable[dict[str, Any]], out_dir: str | Path, embo
             n = _check_episode(i, ep, emb, cams)
             state = np.asarray(ep["state"], np.float32)
             actions = np.asarray(ep["actions"], np.float32)
-            jpgs = {cam: [encode_jpeg(np.asarray(f), jpeg_quality) for f in frames] for cam, frames in ep["images"].items()}
+            encoded = {cam: [None if f is None else encode_image(np.asarray(f), image_format, jpeg_quality)
+                             for f in frames] for cam, frames in ep["images"].items()}
+            for cam, frames in ep["images"].items():
+                first = next((f for f in frames if f is not None), None)
+                if first is not None:
+                    sizes.setdefault(cam, list(np.shape(first)[:2]))
             for t in range(n):
                 future = actions[t:t + chunk]
+                missing = [cam for cam in cams if encoded.get(cam) is None or encoded[cam][t] is None]
                 meta = {"episode": i, "t": t, "steps": n, "fps": fps, "timestamp": t / fps,
-                        "embodiment": emb.name, instruction_field: ep.get("instruction", "")}
+                        "embodiment": emb.name, instruction_field: ep.get("instruction", ""), "missing": missing}
                 sample = {"__key__": f"e{i:07d}_t{t:06d}", "state.npy": npy_bytes(state[t]),
                           "actions.npy": npy_bytes(future), "meta.json": json.dumps(meta).encode()}
-                for cam, frames in jpgs.items():
-                    sample[f"{cam}.jpg"] = frames[t]
+                for cam, frames in encoded.items():
+                    if frames[t] is not None:
+                        sample[f"{cam}.{image_format}"] = frames[t]
                 sink.write(sample)
-                rel, valid = relative_chunk(emb, future, state[t], chunk)
-                acc.add(emb.to_canonical(state[t], "state"), emb.to_canonical(rel), valid)
+                rel, valid = canonical_chunk(emb, future, state[t], chunk)
+                acc.add(emb.to_canonical(state[t], "state"), rel, valid)
                 count += 1
             n_eps += 1
             bar.update(n)
@@ -115,19 +150,9 @@ def write_episodes(episodes: Iterable[dict[str, Any]], out_dir: str | Path, embo
     card = DataCard(name=name, shards=f"{name}-{{000000..{n_shards - 1:06d}}}.tar", fps=fps, kind="robot",
                     embodiment=emb.name, cameras=cams, chunk=chunk, instruction_field=instruction_field,
                     stats=stats_path.name, license=license, source=source, num_samples=count,
-                    description=description or f"{n_eps} episodes, {count} samples")
+                    description=description or f"{n_eps} episodes, {count} samples", camera_sizes=sizes,
+                    key_map={cam: f"{cam}.{image_format}" for cam in cams} if image_format != "jpg" else {})
     return write_card(card, out / f"{name}.yaml")
-
-
-def relative_chunk(emb, future: np.ndarray, state: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw (n, A) future actions → (chunk, A) relative to `state`, the last action repeated past the end,
-    and the (chunk,) valid mask."""
-    n = min(len(future), chunk)
-    padded = np.empty((chunk, future.shape[-1]), np.float32)
-    padded[:n] = future[:n]
-    padded[n:] = future[n - 1] if n else 0.0
-    valid = np.arange(chunk) < n
-    return emb.to_relative(padded, state), valid
 
 
 def write_vl_samples(samples: Iterable[dict[str, Any]], out_dir: str | Path, name: str, maxcount: int = 1000,

@@ -3,6 +3,7 @@ padded 32-dim layout with an action mask (SPEC §4). Plugins register their own 
 `@EMBODIMENTS.register("myarm")`, and call `xr0.embodiments.check(MyArm())` in their tests."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,11 @@ class Embodiment:
     action_slots: tuple[int, ...] = ()  # canonical index of each action dim (default 0..A-1)
     state_slots: tuple[int, ...] = ()
     relative_state_index: tuple[int, ...] = field(default=())  # state dim each relative action refers to
+    camera_sizes: tuple[tuple[int, int], ...] = ()  # native (H, W) per camera, as the robot delivers them
+
+    def to_dict(self) -> dict:
+        """Every field as JSON-friendly lists: checkpoints carry it, so a served model knows its robot."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @property
     def action_dim(self) -> int:
@@ -81,6 +87,34 @@ class EmbodimentError(ValueError):
     pass
 
 
+def _plain(v):
+    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, (tuple, list)) else v
+
+
+def from_dict(d: dict) -> Embodiment:
+    """The embodiment a checkpoint recorded: the registered one of that name when it still has the same fields
+    (a plugin's own subclass keeps its methods), else a plain Embodiment rebuilt from the recorded fields."""
+    from xr0.registry import RegistryError
+
+    fields = {f.name for f in dataclasses.fields(Embodiment)}
+    recorded = {k: _tuples(v) for k, v in d.items() if k in fields}
+    try:
+        registered = get(recorded["name"])
+    except RegistryError:
+        return Embodiment(**recorded)
+    now = {k: _tuples(_plain(getattr(registered, k))) for k in recorded}
+    changed = sorted(k for k in recorded if now[k] != recorded[k])
+    if changed:
+        raise EmbodimentError(f"embodiment '{recorded['name']}' differs from the one this model was trained with in "
+                              f"{', '.join(changed)} (e.g. {changed[0]}: now {now[changed[0]]}, trained "
+                              f"{recorded[changed[0]]}); install the plugin version the model was trained with")
+    return registered
+
+
 def check(emb: Embodiment) -> None:
     """Conformance check a plugin calls in one line of its tests; raises EmbodimentError naming each problem."""
     p = []
@@ -112,6 +146,9 @@ def check(emb: Embodiment) -> None:
         p.append("chunk must be >= 1")
     if not emb.cameras:
         p.append("cameras: name at least one camera")
+    if emb.camera_sizes and (len(emb.camera_sizes) != len(emb.cameras)
+                             or any(len(hw) != 2 or min(hw) < 1 for hw in emb.camera_sizes)):
+        p.append(f"camera_sizes: one (H, W) of positive sizes per camera ({len(emb.cameras)}), got {emb.camera_sizes}")
     if not p:  # the canonical mapping must round-trip
         x = np.random.default_rng(0).uniform(emb.action_low, emb.action_high, size=(emb.chunk, a)).astype(np.float32)
         if not np.allclose(emb.from_canonical(emb.to_canonical(x)), x):

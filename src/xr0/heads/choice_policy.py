@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from xr0.flow import step_mask
 from xr0.registry import HEADS
 from xr0.types import ACTION_DIM
 
@@ -21,7 +22,7 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 
 def masked_l1(pred: Tensor, target: Tensor, action_mask: Tensor, chunk_mask: Tensor | None = None) -> Tensor:
     """Mean |pred - target| over valid elements. pred (B, N, T, D), target (B, T, D) -> (B, N)."""
-    valid = action_mask[:, None, :].expand(-1, target.shape[1], -1).float()  # (B, T, D)
+    valid = step_mask(action_mask).expand(-1, target.shape[1], -1).float()  # (B, T, D)
     if chunk_mask is not None:
         valid = valid * chunk_mask[:, :, None].float()  # (B, T, D)
     err = (pred - target[:, None]).abs() * valid[:, None]  # (B, N, T, D)

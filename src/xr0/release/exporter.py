@@ -57,6 +57,20 @@ def merged_action_config(info: dict[str, Any], meta: dict[str, Any], allow_state
     """The released robot types, plus (or updated with) the embodiment this model was trained on."""
     preprocessor = json.loads(json.dumps(info["preprocessor"]))  # deep copy
     node = _find_action_config(preprocessor)
+    proc = meta.get("xr0_processor")
+    if proc:  # the trained chunk's statistics and mask, exactly what serving un-normalises with
+        import numpy as np
+
+        if proc.get("state_mean") is not None and not allow_state_norm:
+            raise layout.ReleaseError(
+                "xr0_processor: this model was trained on normalised states (data.state_norm: meanstd), but the "
+                "released inference code feeds the raw state. Post-train with data.state_norm: none, or pass "
+                "--allow-state-norm and normalise the state on the client yourself")
+        mask = np.asarray(proc["action_mask"], bool)
+        mask = np.broadcast_to(mask, np.shape(proc["action_std"])) if mask.ndim == 1 else mask
+        std = np.where(mask, np.asarray(proc["action_std"]), 0.0)  # invalid: below the release's 1e-5 threshold
+        node["action_config"][proc["embodiment"]["name"]] = {"mean": proc["action_mean"], "std": std.tolist()}
+        return preprocessor
     stats, emb = meta.get("xr0_stats") or {}, meta.get("xr0_embodiment")
     if stats.get("state") is not None and not allow_state_norm:
         raise layout.ReleaseError(

@@ -95,23 +95,62 @@ def release_embodiments(action_config: dict[str, Any], config: dict[str, Any]) -
     return out
 
 
-def parity_recipe(config: dict[str, Any], embodiment: str | None, chunk: int) -> dict[str, Any]:
-    """The architecture and switches an xr0 recipe needs to run these weights like the release does."""
+EXPORT_DIR = "${export_dir}"  # paths inside an export: xr0.checkpoint resolves it to the export's folder
+DEFAULT_VIEWS = (("base", "Base View"), ("left_wrist", "Left-Wrist View"))  # the release README's LIBERO example
+
+
+def parity_recipe(config: dict[str, Any], embodiment: str | None, chunk: int, preprocessor: dict[str, Any],
+                  view_labels: list[str], tokenizer: bool) -> dict[str, Any]:
+    """A post_train stage with the released architecture and inference switches (PARITY), so `xr0 serve` and
+    `load_policy` rebuild the imported model as the release runs it."""
     dit = config["dit_config"]
-    return {
-        "backbone": {"name": "qwen3vl", "config": config["vlm_config"]},
-        "head": {"name": "dit", "width": dit["hidden_size"], "depth": dit["num_hidden_layers"],
-                 "head_dim": dit["head_dim"],
-                 "num_heads": dit["hidden_size"] // dit["head_dim"],  # the release derives it: hidden // head_dim
-                 "action_dim": config["action_dim"], "state_dim": config["state_dim"],
-                 "chunk": chunk},
-        "parity": dict(PARITY),
-        "embodiment": embodiment,
-    }
+    backbone = {"name": "qwen3vl", "config": config["vlm_config"], "preprocessor": preprocessor,
+                "prompt": "release", "view_labels": list(view_labels),
+                "tokenizer": f"{EXPORT_DIR}/{RELEASE_FILES}" if tokenizer else None}
+    head = {"name": "dit", "width": dit["hidden_size"], "depth": dit["num_hidden_layers"], "head_dim": dit["head_dim"],
+            "num_heads": dit["hidden_size"] // dit["head_dim"],  # the release derives it: hidden // head_dim
+            "action_dim": config["action_dim"], "state_dim": config["state_dim"], "chunk": chunk,
+            "rope_offset": PARITY["rope_offset"], "prefix_tau": PARITY["prefix_tau"]}
+    stage = {"name": "post_train", "mode": "sync", "init_from": None, "backbone": backbone, "head": head,
+             "mask": {"name": PARITY["mask"]}, "tau_sampler": {"name": "beta"}, "flow_steps": PARITY["num_steps"]}
+    return {"stage": stage, "embodiment": embodiment, "_parity": dict(PARITY)}
+
+
+def release_processor(robot_type: str, emb: dict[str, Any], config: dict[str, Any], preprocessor: dict[str, Any],
+                      cameras: list[str], hz: float) -> dict[str, Any]:
+    """The released preprocessing as an xr0 Processor: each frame smart-resized by itself (bicubic, the release's
+    pixel budget), raw zero-padded state, per-timestep action statistics and mask (std > 1e-5 per step)."""
+    import numpy as np
+
+    from xr0.backbones.images import read_preprocessor
+    from xr0.embodiments import Embodiment
+    from xr0.processor import ImageSpec, Processor
+
+    vis = config["vlm_config"]["vision_config"]
+    pre = read_preprocessor(preprocessor)
+    mean, std = np.asarray(emb["stats"]["actions"]["mean"]), np.asarray(emb["stats"]["actions"]["std"])
+    per_step = std > layout.VALID_STD  # (T, A)
+    dims = [int(i) for i in np.flatnonzero(per_step.any(0))]
+    spread = np.where(per_step, std, 0).max(0)[dims]  # clip far outside what the statistics saw, nowhere else
+    centre = mean[:, dims].mean(0)
+    robot = Embodiment(name=robot_type, action_names=tuple(f"a{i}" for i in dims),
+                       state_names=tuple(f"s{i}" for i in range(emb["state_dim"])), cameras=tuple(cameras),
+                       control_hz=hz, chunk=emb["chunk"], action_low=tuple(float(x) for x in centre - 50 * spread - 1),
+                       action_high=tuple(float(x) for x in centre + 50 * spread + 1), action_slots=tuple(dims))
+    image = ImageSpec(size=None, resize="stretch", resample=pre.get("resample", "bicubic"),
+                      factor=int(pre.get("patch_size", vis["patch_size"]) * pre.get("merge_size",
+                                                                                   vis["spatial_merge_size"])),
+                      min_pixels=int(pre.get("min_pixels", 56 * 56)), max_pixels=int(pre.get("max_pixels", 28 * 28 * 1280)))
+    proc = Processor(robot, image, emb["chunk"], mean.astype(np.float32), std.astype(np.float32), None, None,
+                     action_mask=per_step, cameras=tuple(cameras))
+    return proc.to_dict()
 
 
 def import_release(src: str | Path, out: str | Path, robot_type: str | None = None,
-                   copy_files: bool = True) -> ImportReport:
+                   copy_files: bool = True, cameras: list[str] | None = None, view_labels: list[str] | None = None,
+                   hz: float = 30.0) -> ImportReport:
+    """cameras / view_labels: the camera names a client sends and the "# <label>" each gets in the released prompt,
+    in the checkpoint's view order (default: the release README's LIBERO example, base + left wrist)."""
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise FileNotFoundError(f"release directory not found: {src}")
@@ -143,8 +182,17 @@ def import_release(src: str | Path, out: str | Path, robot_type: str | None = No
                                   f"{', '.join(embodiments)}")
     chunk = embodiments[robot_type]["chunk"] if robot_type else int(config["action_length"])
     preprocessor = json.loads((src / stats_file).read_text())
+    cameras = list(cameras or [c for c, _ in DEFAULT_VIEWS])
+    view_labels = list(view_labels or ([lab for _, lab in DEFAULT_VIEWS] if cameras == [c for c, _ in DEFAULT_VIEWS]
+                                       else [c.replace("_", " ").title() + " View" for c in cameras]))
+    if len(view_labels) != len(cameras):
+        raise layout.ReleaseError(f"{len(view_labels)} view labels for {len(cameras)} cameras: give one per camera")
+    image_pre = {k: v for k, v in preprocessor.items() if k != "action_config"}
+    has_tokenizer = copy_files and any((src / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     meta = {
-        "xr0_recipe": parity_recipe(config, robot_type, chunk),
+        "xr0_recipe": parity_recipe(config, robot_type, chunk, image_pre, view_labels, has_tokenizer),
+        "xr0_processor": release_processor(robot_type, embodiments[robot_type], config, image_pre, cameras, hz)
+        if robot_type else None,
         "xr0_stats": embodiments[robot_type]["stats"] if robot_type else None,
         "xr0_embodiment": robot_type,
         "xr0_stage": "release_import",

@@ -119,7 +119,10 @@ def assert_grads_only_on_trainable(module: nn.Module) -> list[str]:
 
 # ---------------------------------------------------------------- checkpoint metadata
 def embodiment_of(module: Any) -> str | None:
-    """The embodiment name: from the recipe, else from the data module."""
+    """The embodiment name: the processor's, else the recipe's, else the data module's."""
+    proc = getattr(module, "xr0_processor", None)
+    if hasattr(proc, "embodiment"):
+        return proc.embodiment.name
     recipe = getattr(module, "xr0_recipe", None) or {}
     emb = recipe.get("embodiment")
     if isinstance(emb, dict):
@@ -137,11 +140,13 @@ def save_metadata(module: Any, checkpoint: dict[str, Any], stage: str) -> None:
     checkpoint["xr0_stats"] = getattr(module, "xr0_stats", None)
     checkpoint["xr0_embodiment"] = embodiment_of(module)
     checkpoint["xr0_stage"] = stage
+    proc = getattr(module, "xr0_processor", None)
+    checkpoint["xr0_processor"] = proc.to_dict() if hasattr(proc, "to_dict") else proc
 
 
 def load_metadata(module: Any, checkpoint: dict[str, Any]) -> None:
-    """On resume, keep the stats/recipe of the checkpoint if `xr0 fit` did not set them."""
-    for key in ("xr0_recipe", "xr0_stats"):
+    """On resume, keep the stats/recipe/processor of the checkpoint if `xr0 fit` did not set them."""
+    for key in ("xr0_recipe", "xr0_stats", "xr0_processor"):
         if getattr(module, key, None) is None and checkpoint.get(key) is not None:
             setattr(module, key, checkpoint[key])
 
@@ -156,6 +161,8 @@ def chunk_figure(pred: Tensor, true: Tensor, action_mask: Tensor | None = None, 
     import matplotlib.pyplot as plt
 
     pred, true = pred.detach().float().cpu(), true.detach().float().cpu()  # (T, D)
+    if action_mask is not None and action_mask.ndim == 2:  # per chunk step (T, D): a dim valid at any step
+        action_mask = action_mask.any(0)
     dims = torch.arange(true.shape[-1]) if action_mask is None else action_mask.detach().cpu().nonzero().flatten()
     dims = dims[:max_dims].tolist()
     fig, axes = plt.subplots(1, max(len(dims), 1), figsize=(3 * max(len(dims), 1), 2.5), squeeze=False)

@@ -45,6 +45,7 @@ class DiTFlow(L.LightningModule):
         self.flow_steps, self.plot_every_n_steps = flow_steps, plot_every_n_steps
         self.xr0_recipe: dict[str, Any] | None = None
         self.xr0_stats: Any = None
+        self.xr0_processor: Any = None  # xr0.processor.Processor, set by `xr0 fit`; saved in every checkpoint
         if init_from:
             from xr0.checkpoint import init_from as load
 

@@ -85,6 +85,7 @@ class VLMCoTrain(L.LightningModule):
         self.register_buffer("seen", torch.zeros(2, dtype=torch.long), persistent=True)  # robot, vl samples
         self.xr0_recipe: dict[str, Any] | None = None
         self.xr0_stats: Any = None
+        self.xr0_processor: Any = None  # xr0.processor.Processor, set by `xr0 fit`; saved in every checkpoint
         if init_from:
             from xr0.checkpoint import init_from as load
 

@@ -4,6 +4,10 @@ A driver (the simulator, the real-time runner) owns time and inference. Each tic
 chunks that finished (`deliver` / `fail`), calls `tick(k)`, starts the inference the returned `Step`
 asks for (if any) on the observation of tick k, and sends the returned action — or holds when it is None.
 
+Every held tick carries a `hold_reason` in the trace (`wait_inference`: sync idling for its chunk, or the first
+chunk; `inference_failed` / `chunk_rejected` / `stale_chunk`: the last request gave no usable chunk; `watchdog_hold`:
+nothing to execute), and `held` counts them by reason, with the first detail of each in `hold_details`.
+
 Timeline, with T the chunk length, T_e `exec_steps`, Δt_c `prefix_steps`, d the latency in ticks:
 - sync:  execute T_e actions, request on the latest observation, idle d ticks, execute the new chunk
          from index 0.
@@ -26,6 +30,7 @@ from xr0_deploy.protocol import EventLog, RTCSpec
 from xr0_deploy.safety import Safety
 
 MODES = ("sync", "async", "rtc")
+HOLD_KINDS = ("wait_inference", "watchdog_hold")
 
 
 class LatencyWarning(UserWarning):
@@ -98,6 +103,9 @@ class Executor:
         self._arrived: list[tuple[int, np.ndarray | None, str]] = []
         self._next_id = 0
         self._warned: set[tuple[str, int]] = set()
+        self.held: dict[str, int] = {}  # held ticks by reason
+        self.hold_details: dict[str, str] = {}  # the first detail seen per reason (what a user reads first)
+        self._problem: tuple[str, str] | None = None  # why the last inference gave no chunk, until one is adopted
 
     # ---- driver interface -------------------------------------------------------------------------
     def deliver(self, request_id: int, chunk: np.ndarray) -> None:
@@ -123,9 +131,16 @@ class Executor:
             "inference_finished": finished,
             "held": action is None,
         }
-        kinds = [e["kind"] for e in self.events.events[n_events:]]
+        new = self.events.events[n_events:]
+        kinds = [e["kind"] for e in new]
         if kinds:
             record["events"] = kinds
+        if action is None:  # a held tick: say why (the failed inference behind the wait, if there was one)
+            reason, detail = self._problem or next(((e["kind"], e["detail"]) for e in reversed(new)
+                                                    if e["kind"] in HOLD_KINDS), ("watchdog_hold", ""))
+            record["hold_reason"] = reason
+            self.held[reason] = self.held.get(reason, 0) + 1
+            self.hold_details.setdefault(reason, detail)
         if self.cfg.record_trace:
             self.trace.append(record)
         return Step(action, request, record)
@@ -142,6 +157,7 @@ class Executor:
             self.latency.add(k - req.tick)
             if chunk is None:
                 self.events.add(k, "inference_failed", reason)
+                self._problem = ("inference_failed", reason)
             else:
                 self._adopt(k, req, chunk)
             self._check_latency(k)
@@ -160,6 +176,7 @@ class Executor:
         safe, reason, n_clipped = self.safety.check_chunk(chunk)
         if safe is None:
             self.events.add(k, "chunk_rejected", f"request {req.id}: {reason}; holding the last safe target")
+            self._problem = ("chunk_rejected", reason)
             return
         if n_clipped:
             self.events.add(k, "clipped", f"request {req.id}: {n_clipped} values clipped to the limits")
@@ -172,8 +189,10 @@ class Executor:
         if k - origin >= len(safe):
             self.events.add(k, "stale_chunk", f"request {req.id} arrived {k - req.tick} ticks late, past its "
                                               f"{len(safe)} actions; dropped")
+            self._problem = ("stale_chunk", f"request {req.id} arrived {k - req.tick} ticks after it was made")
             return
         self.chunk, self.chunk_id, self.origin = safe, req.id, origin
+        self._problem = None
         if self.cfg.keep_chunks:
             self.chunks[req.id] = safe
 

@@ -46,11 +46,15 @@ class Resampler:
             out[name] = buf[self._nearest(ts, t)]
         return out
 
-    def observation(self, t: float, prompt: str = "") -> dict[str, Any]:
+    def observation(self, t: float, prompt: str = "", max_frame_age: float = float("inf")) -> dict[str, Any]:
+        """The observation at control time t. A camera whose nearest frame is further than `max_frame_age` seconds
+        from t, or whose driver reported the frame as None, is sent as missing (None): the processor then feeds it
+        as a black frame with image_mask False, exactly as training treated a frame the episode recorded missing."""
         obs: dict[str, Any] = {"prompt": prompt}
         for name, r in self.at(t).items():
             if name.startswith("images/"):
-                obs.setdefault("images", {})[name.split("/", 1)[1]] = r.value
+                fresh = r.value is not None and abs(r.t - t) <= max_frame_age
+                obs.setdefault("images", {})[name.split("/", 1)[1]] = r.value if fresh else None
             else:
                 obs[name] = r.value
         return obs
@@ -117,9 +121,12 @@ class RealTimeRunner:
 
     def __init__(self, executor: Executor, robot: Robot, policy: ChunkPolicy, hz: float = 30.0, prompt: str = "",
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 on_tick: Callable[[int, float], None] | None = None):
+                 on_tick: Callable[[int, float], None] | None = None, max_frame_age: float | None = None):
+        """max_frame_age: a camera frame older than this (seconds; default 3 control periods, at least 0.1 s) is
+        sent as missing rather than reused."""
         if hz <= 0:
             raise ValueError(f"control rate must be > 0 Hz, got {hz}")
+        self.max_frame_age = max(0.1, 3.0 / hz) if max_frame_age is None else max_frame_age
         self.ex, self.robot, self.policy = executor, robot, policy
         self.hz, self.period, self.prompt = hz, 1.0 / hz, prompt
         self.clock, self.sleep, self.on_tick = clock, sleep, on_tick
@@ -133,7 +140,7 @@ class RealTimeRunner:
         t = time.perf_counter()
         for r in self.robot.observe():
             self.resampler.add(r)
-        obs = self.resampler.observation(self.clock(), self.prompt)
+        obs = self.resampler.observation(self.clock(), self.prompt, self.max_frame_age)
         try:
             chunk = self.policy.infer(obs)
             if self.ex.cfg.mode == "rtc":
@@ -192,7 +199,7 @@ class RealTimeRunner:
                 report.chunks += 1
         step = self.ex.tick(k)
         if step.request is not None:
-            worker.submit(step.request, self.resampler.observation(t, self.prompt))
+            worker.submit(step.request, self.resampler.observation(t, self.prompt, self.max_frame_age))
         if step.action is not None:
             self.robot.act(step.action)
         else:

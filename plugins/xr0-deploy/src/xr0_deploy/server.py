@@ -1,9 +1,12 @@
 """`xr0 serve`: a policy over websocket + msgpack-numpy, wire-compatible with openpi's policy server.
 
-Protocol (openpi): on connect the server sends one binary metadata message; then each binary request is
-an observation dict and each reply a dict with `actions` (T, A) and `server_timing` {infer_ms,
-prev_total_ms}. A text frame is an error reply (openpi's client raises it). xr0 additions in the request:
-`prefix_actions` (P, A) committed actions, and `rtc` {frozen_steps, max_guidance} to guide instead.
+Protocol (openpi): on connect the server sends one binary metadata message (the processor's: embodiment, action
+and state names, cameras, trained image size, limits, control rate, chunk length, default action frame); then
+each binary request is an observation dict and each reply a dict with `actions` (T, A) and `server_timing`
+{infer_ms, prev_total_ms}. A text frame is an error reply (openpi's client raises it). xr0 additions in the
+request: `prefix_actions` (P, A) committed actions, `rtc` {frozen_steps, max_guidance} to guide instead,
+`action_frame` (absolute | delta) for this request, `seed` for this request's flow noise; in the reply:
+`action_frame`, `clipped` (values clipped to the embodiment's limits) and `missing_cameras`.
 Unlike openpi, a bad request gets an error reply and the connection stays open.
 """
 from __future__ import annotations
@@ -23,15 +26,16 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from xr0_deploy import wire
-from xr0_deploy.local import RequestError
+from xr0_deploy.local import OutputError, RequestError
 from xr0_deploy.protocol import RTCSpec
 
 log = logging.getLogger("xr0.deploy.server")
 MESSAGE_TOO_BIG = 1009  # websocket close code when a frame exceeds max_size
 
 
-def parse_request(message: Any) -> tuple[dict[str, Any], np.ndarray | None, RTCSpec | None]:
-    """Observation, prefix and RTC settings from one frame; RequestError says what is wrong."""
+def parse_request(message: Any) -> tuple[dict[str, Any], np.ndarray | None, RTCSpec | None, dict[str, Any]]:
+    """Observation, prefix, RTC settings and options (action_frame, seed) from one frame; RequestError says what
+    is wrong."""
     if isinstance(message, str):
         raise RequestError("expected a binary msgpack frame, got text")
     try:
@@ -43,6 +47,11 @@ def parse_request(message: Any) -> tuple[dict[str, Any], np.ndarray | None, RTCS
     obs = dict(obs)
     prefix = obs.pop("prefix_actions", None)
     rtc_node = obs.pop("rtc", None)
+    options = {"frame": obs.pop("action_frame", None), "seed": obs.pop("seed", None)}
+    if options["frame"] is not None and not isinstance(options["frame"], str):
+        raise RequestError("action_frame: expected 'absolute' or 'delta'")
+    if options["seed"] is not None and (isinstance(options["seed"], bool) or not isinstance(options["seed"], int)):
+        raise RequestError(f"seed: expected an integer, got {type(options['seed']).__name__}")
     rtc = None
     if rtc_node is not None:
         if not isinstance(rtc_node, dict) or "frozen_steps" not in rtc_node:
@@ -58,7 +67,7 @@ def parse_request(message: Any) -> tuple[dict[str, Any], np.ndarray | None, RTCS
             prefix = np.asarray(prefix, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise RequestError(f"prefix_actions: expected a (P, action_dim) array of numbers ({exc})") from exc
-    return obs, prefix, rtc
+    return obs, prefix, rtc, options
 
 
 class PolicyServer:
@@ -71,7 +80,8 @@ class PolicyServer:
         self.metadata = dict(metadata or {})
         self.metadata.setdefault("max_message_bytes", max_message_bytes)
         self.api_key, self.max_message_bytes = api_key, max_message_bytes
-        self.counts = {"connections": 0, "requests": 0, "errors": 0, "oversized": 0, "unauthorized": 0}
+        self.counts = {"connections": 0, "requests": 0, "errors": 0, "oversized": 0, "unauthorized": 0,
+                       "bad_outputs": 0, "clipped_values": 0}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,9 +141,14 @@ class PolicyServer:
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong Api-Key header\n")
         return None
 
-    def _infer(self, obs: dict[str, Any], prefix: np.ndarray | None, rtc: RTCSpec | None) -> np.ndarray:
+    def _infer(self, obs: dict[str, Any], prefix: np.ndarray | None, rtc: RTCSpec | None,
+               options: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            return self.policy.infer(obs, prefix, rtc)
+            if hasattr(self.policy, "reply"):  # LocalPolicy: the processor's frame, clip count, missing cameras
+                r = self.policy.reply(obs, prefix, rtc, frame=options["frame"], seed=options["seed"])
+                return {"actions": r.actions, "action_frame": r.frame, "clipped": r.clipped,
+                        "missing_cameras": r.missing_cameras}
+            return {"actions": self.policy.infer(obs, prefix, rtc)}
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.counts["connections"] += 1
@@ -150,11 +165,14 @@ class PolicyServer:
                 return
             start = time.perf_counter()
             try:
-                obs, prefix, rtc = parse_request(message)
-                actions = await asyncio.to_thread(self._infer, obs, prefix, rtc)
+                obs, prefix, rtc, options = parse_request(message)
+                reply = await asyncio.to_thread(self._infer, obs, prefix, rtc, options)
+                actions = np.asarray(reply["actions"], dtype=np.float32)
+                if actions.ndim != 2 or not np.all(np.isfinite(actions)):  # never a NaN onto a robot
+                    raise OutputError(f"the policy returned a chunk of shape {actions.shape} with non-finite values")
                 infer_ms = (time.perf_counter() - start) * 1000
-                reply: dict[str, Any] = {"actions": np.asarray(actions, dtype=np.float32),
-                                         "server_timing": {"infer_ms": infer_ms}}
+                reply.update(actions=actions, server_timing={"infer_ms": infer_ms})
+                self.counts["clipped_values"] += int(reply.get("clipped", 0))
                 if prev_total_ms is not None:
                     reply["server_timing"]["prev_total_ms"] = prev_total_ms
                 self.counts["requests"] += 1  # before the reply: a client may read the counts right after it
@@ -164,6 +182,11 @@ class PolicyServer:
             except RequestError as exc:
                 self.counts["errors"] += 1
                 await self._error(ws, f"bad request: {exc}")
+            except OutputError as exc:
+                self.counts["errors"] += 1
+                self.counts["bad_outputs"] += 1
+                log.error("refused to send a chunk: %s", exc)
+                await self._error(ws, f"inference failed: {exc}; nothing was sent to the robot")
             except Exception as exc:  # noqa: BLE001 - the server outlives any single failed inference
                 self.counts["errors"] += 1
                 log.error("inference failed:\n%s", traceback.format_exc())

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-ACTION_DIM = 32  # xr0.types.ACTION_DIM (SPEC §4), repeated so this module imports without torch-heavy xr0 parts
+from xr0.types import ACTION_DIM
 
 
 class TinyFlowPolicy(nn.Module):
@@ -32,7 +32,7 @@ class TinyFlowPolicy(nn.Module):
         return {"state": batch["state"]}
 
     def velocity(self, ctx: dict[str, Tensor], batch: dict[str, Any], x_tau: Tensor, tau: Tensor,
-                 prefix_len: int = 0) -> Tensor:
+                 prefix_len: int | None = None) -> Tensor:
         b, t, _ = x_tau.shape
         prev = torch.cat([x_tau[:, :1], x_tau[:, :-1]], dim=1)  # (B,T,A) the previous token's action
         pos = torch.arange(t, dtype=x_tau.dtype) / max(t - 1, 1) * torch.pi  # (T,)
@@ -45,9 +45,10 @@ class TinyFlowPolicy(nn.Module):
         return v
 
     @torch.no_grad()
-    def predict_chunk(self, batch: dict[str, Any], prefix: Tensor | None = None, steps: int = 5) -> Tensor:
+    def predict_chunk(self, batch: dict[str, Any], prefix: Tensor | None = None, steps: int = 5,
+                      noise: Tensor | None = None) -> Tensor:
         b = batch["state"].shape[0]
-        x = torch.randn(b, self.chunk_len, ACTION_DIM, generator=self.noise)  # (B,T,A) τ=0
+        x = torch.randn(b, self.chunk_len, ACTION_DIM, generator=self.noise) if noise is None else noise.clone()  # τ=0
         p = 0 if prefix is None else prefix.shape[1]
         if p:
             x[:, :p] = prefix

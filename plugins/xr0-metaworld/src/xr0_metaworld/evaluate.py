@@ -42,43 +42,19 @@ class EvalConfig:
         return self.prefix if self.prefix is not None else max(self.latency, 1)
 
 
-class _Flow:
-    """xr0's Policy as deploy's FlowModel: RTC guidance calls velocity with prefix_len 0, which xr0 spells None."""
-
-    def __init__(self, policy):
-        self.policy = policy
-
-    def predict_chunk(self, batch, prefix=None, steps=5):
-        return self.policy.predict_chunk(batch, prefix, steps=steps)
-
-    def context(self, batch):
-        return self.policy.context(batch)
-
-    def velocity(self, ctx, batch, x_tau, tau, prefix_len=0):
-        return self.policy.velocity(ctx, batch, x_tau, tau, prefix_len if prefix_len is not None and
-                                    not isinstance(prefix_len, int) else None)
-
-
 def load_checkpoint_policy(path: str, flow_steps: int):
-    """A stage-2/3 checkpoint → (deploy LocalPolicy, training image size)."""
-    from xr0_deploy.local import LocalPolicy, Normalizer
+    """A stage-2/3 checkpoint → (deploy LocalPolicy, training image size), through the one loader `xr0 serve` and
+    `xr0 deploy` use (the checkpoint's processor; FastPolicy where the backbone supports it)."""
+    from xr0_deploy.local import load_local
 
-    from xr0.checkpoint import load_policy
     from xr0_metaworld.embodiment import MetaWorldSawyer
 
-    loaded = load_policy(path)
-    if not hasattr(loaded.policy, "predict_chunk"):
-        raise ValueError(f"{path}: a {loaded.stage} checkpoint has no flow policy; evaluate a stage-2 or stage-3 checkpoint")
+    local = load_local(str(path), steps=flow_steps)
     emb = MetaWorldSawyer()
-    if loaded.embodiment not in (None, emb.name):
-        raise ValueError(f"{path} was trained for embodiment '{loaded.embodiment}', not '{emb.name}'")
-    stats = dict(loaded.stats or {})
-    stats.pop("action_mask", None)
-    size = (loaded.recipe.get("data") or {}).get("image_size", 56)
-    size = size if isinstance(size, int) else int(size[0])
-    local = LocalPolicy(_Flow(loaded.policy), Normalizer(stats, emb.action_mask(), emb.state_dim), steps=flow_steps,
-                        cameras=list(emb.cameras), embodiment=emb.name, name=str(path))
-    return local, size
+    if local.processor.embodiment.name != emb.name:
+        raise ValueError(f"{path} was trained for embodiment '{local.processor.embodiment.name}', not '{emb.name}'")
+    size = local.processor.image.size
+    return local, int(size[0]) if size else 56
 
 
 def _jerk(actions: np.ndarray) -> np.ndarray:
