@@ -398,8 +398,10 @@ class Processor:
         absolute = emb.to_absolute(emb.from_canonical(raw), state).astype(np.float64)  # (T, A)
         if not np.all(np.isfinite(absolute)):
             raise OutputError(f"the model returned {int(np.sum(~np.isfinite(absolute)))} non-finite action values")
-        clipped = np.clip(absolute, emb.action_low, emb.action_high)
-        n_clipped = int(np.sum(clipped != absolute))
+        low, high = np.asarray(emb.action_low), np.asarray(emb.action_high)
+        clipped = np.clip(absolute, low, high)
+        tol = 1e-6 * np.maximum(high - low, 1.0)  # float rounding at a limit is not a clip worth reporting
+        n_clipped = int(np.sum((absolute < low - tol) | (absolute > high + tol)))
         if frame == "delta":
             clipped = clipped - (emb.to_absolute(np.zeros_like(clipped, np.float32), state.astype(np.float32)))
         return clipped, n_clipped

@@ -1,0 +1,181 @@
+"""xr0.processor: each conversion checked against values computed by hand, with statistics that are not 0/1."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xr0.embodiments import Embodiment, EmbodimentError
+from xr0.processor import (ImageSpec, ObservationError, OutputError, Processor, as_uint8_image, canonical_chunk,
+                           smart_size)
+
+T = 3
+
+
+def arm(**kw) -> Embodiment:
+    """3 relative joints + an absolute gripper, a 5-D state (joints, gripper, force), two cameras; odd slots."""
+    base = dict(name="proc_arm", action_names=("j0", "j1", "j2", "grip"), state_names=("q0", "q1", "q2", "g", "f"),
+                cameras=("scene", "wrist"), control_hz=15.0, chunk=T, action_low=(-2.0, -2.0, -2.0, 0.0),
+                action_high=(2.0, 2.0, 2.0, 1.0), relative=(True, True, True, False),
+                relative_state_index=(0, 1, 2, 3), action_slots=(4, 5, 6, 9), state_slots=(0, 1, 2, 3, 7))
+    return Embodiment(**{**base, **kw})
+
+
+def processor(**kw) -> Processor:
+    rng = np.random.default_rng(0)
+    a_mean = rng.normal(0.3, 0.2, (T, 32)).astype(np.float32)
+    a_std = rng.uniform(0.5, 2.5, (T, 32)).astype(np.float32)
+    s_mean = rng.normal(1.0, 0.5, 32).astype(np.float32)
+    s_std = rng.uniform(0.2, 3.0, 32).astype(np.float32)
+    return Processor(kw.pop("embodiment", arm()), kw.pop("image", ImageSpec(size=(28, 56), factor=28)), T,
+                     a_mean, a_std, s_mean, s_std, **kw)
+
+
+def test_state_is_laid_out_and_normalised_as_computed_by_hand():
+    p = processor()
+    raw = np.array([0.5, -1.25, 2.0, 0.8, 13.0], np.float32)
+    got = p.state(raw)
+    slots = [0, 1, 2, 3, 7]
+    want = np.zeros(32, np.float32)
+    want[slots] = (raw - p.state_mean[slots]) / p.state_std[slots]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert np.count_nonzero(got) == 5  # padding stays zero whatever the statistics say
+
+
+def test_state_far_from_the_training_mean_is_refused_with_its_name():
+    p = processor()
+    raw = np.array([0.5, -1.25, 2.0, 0.8, 13.0], np.float32)
+    raw[4] = p.state_mean[7] + 150 * p.state_std[7]
+    with pytest.raises(ObservationError, match=r"state: f = .* std from the training mean \(bound 100\)"):
+        p.observation({"state": raw, "images": {}})
+    with pytest.raises(ObservationError, match="expected 5 values"):
+        p.observation({"state": np.zeros(4), "images": {}})
+    with pytest.raises(ObservationError, match="NaN or inf"):
+        p.observation({"state": [0, 0, np.inf, 0, 0]})
+
+
+def test_actions_are_relative_normalised_and_decode_back_to_robot_units():
+    p = processor()
+    state = np.array([0.5, -1.0, 1.5, 0.2, 9.0], np.float32)
+    future = np.array([[0.6, -0.9, 1.4, 1.0], [0.7, -0.8, 1.3, 0.0]], np.float32)  # 2 steps left in the episode
+    x, valid = p.actions(future, state)
+    assert valid.tolist() == [True, True, False]
+    rel = future.copy()
+    rel[:, :3] -= state[:3]  # joints relative to the state at frame t, gripper absolute
+    rel = np.vstack([rel, rel[-1]])  # the last action repeated past the episode end
+    slots = [4, 5, 6, 9]
+    want = (rel - p.action_mean[:, slots]) / p.action_std[:, slots]
+    np.testing.assert_allclose(x[:, slots], want, rtol=1e-5, atol=1e-6)
+    assert np.count_nonzero(np.delete(x, slots, axis=1)) == 0
+    back, clipped = p.decode(x, state)
+    np.testing.assert_allclose(back[:2], future, atol=1e-5)
+    assert clipped == 0
+    delta, _ = p.decode(x, state, frame="delta")
+    np.testing.assert_allclose(delta[:2, :3], future[:, :3] - state[:3], atol=1e-5)
+    np.testing.assert_allclose(delta[:2, 3], future[:, 3], atol=1e-5)  # the absolute gripper stays absolute
+
+
+def test_decode_clips_to_the_limits_and_counts_and_refuses_non_finite():
+    p = processor()
+    state = np.zeros(5, np.float32)
+    x = np.zeros((T, 32), np.float32)
+    x[:, 9] = (1.7 - p.action_mean[:, 9]) / p.action_std[:, 9]  # gripper 1.7 > its limit 1
+    x[0, 4] = (-3.0 - p.action_mean[0, 4]) / p.action_std[0, 4]  # joint 0 at -3 < -2
+    out, clipped = p.decode(x, state)
+    assert clipped == T + 1 and np.all(out[:, 3] == 1.0) and out[0, 0] == -2.0
+    x[1, 5] = np.nan
+    with pytest.raises(OutputError, match="1 non-finite"):
+        p.decode(x, state)
+
+
+def test_prefix_in_either_frame_encodes_like_the_training_targets():
+    p = processor()
+    state = np.array([0.5, -1.0, 1.5, 0.2, 9.0], np.float32)
+    future = np.array([[0.6, -0.9, 1.4, 1.0], [0.7, -0.8, 1.3, 0.0]], np.float32)
+    targets, _ = p.actions(future, state)
+    np.testing.assert_allclose(p.prefix(future, state), targets[:2], atol=1e-6)
+    delta = future.copy()
+    delta[:, :3] -= state[:3]
+    np.testing.assert_allclose(p.prefix(delta, state, frame="delta"), targets[:2], atol=1e-6)
+    with pytest.raises(ObservationError, match="far outside the limits"):
+        p.prefix(np.full((1, 4), 1e6), state)
+    with pytest.raises(ObservationError, match=r"expected \(P, 4\)"):
+        p.prefix(np.zeros((1, 3)), state)
+    with pytest.raises(ObservationError, match="longer than the chunk"):
+        p.prefix(np.zeros((T + 1, 4)), state)
+
+
+def test_images_any_native_size_letterboxed_and_missing_means_one_thing():
+    p = processor()
+    wide = np.zeros((120, 480, 3), np.uint8)  # 1:4, the model size is 1:2
+    wide[:, :, 0] = 200
+    obs = {"state": np.zeros(5), "images": {"scene": wide, "wrist": None}}
+    s = p.observation(obs)
+    assert s["images"].shape == (2, 28, 56, 3) and s["image_mask"].tolist() == [True, False]
+    rows = s["images"][0, :, :, 0].max(axis=1)
+    assert rows[0] == 0 and rows[-1] == 0 and rows[14] == 200  # black bars above and below: the aspect is kept
+    assert not s["images"][1].any()  # the missing camera is a black frame
+    omitted = p.observation({"state": np.zeros(5), "images": {"scene": wide}})
+    assert all(np.array_equal(s[k], omitted[k]) for k in ("images", "image_mask", "state"))
+    stretched = processor(image=ImageSpec(size=(28, 56), resize="stretch", factor=28)).observation(obs)
+    assert stretched["images"][0, :, :, 0].min() == 200  # no bars
+    with pytest.raises(ObservationError, match=r"unknown cameras \['top'\]; this policy uses \['scene', 'wrist'\]"):
+        p.observation({"state": np.zeros(5), "images": {"top": wide}})
+
+
+def test_openpi_keys_and_float_images():
+    p = processor()
+    img = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    a = p.observation({"state": np.zeros(5), "images": {"scene": img}, "prompt": "stack"})
+    b = p.observation({"observation/state": np.zeros(5), "observation/scene": (img / 255.0).astype(np.float32),
+                       "prompt": "stack"})
+    assert np.array_equal(a["images"], b["images"]) and a["instruction"] == b["instruction"] == "stack"
+    assert np.array_equal(as_uint8_image(img.transpose(2, 0, 1), "x"), img)  # CHW accepted
+    with pytest.raises(ObservationError, match=r"float image must hold values in \[0, 1\]"):
+        p.observation({"state": np.zeros(5), "images": {"scene": np.full((4, 4, 3), 1e30, np.float32)}})
+
+
+def test_smart_size_follows_qwen_and_size_rule_names_the_fix():
+    assert smart_size(240, 320, 28, 56 * 56, 28 * 28 * 1280) == (252, 308)  # nearest multiples of 28
+    assert smart_size(240, 320, 28, 56 * 56, 100 * 100) == (84, 112)  # over budget: scaled down, aspect kept
+    with pytest.raises(ValueError, match=r"image size 30x56 must be positive multiples .* = 28: use e.g. 28x56"):
+        ImageSpec(size=(30, 56), factor=28)
+    smart = processor(image=ImageSpec(size=None, resize="stretch", factor=28, max_pixels=100 * 100))
+    s = smart.observation({"state": np.zeros(5), "images": {"scene": np.zeros((240, 320, 3), np.uint8)}})
+    assert s["images"].shape[1:3] == (84, 112)
+    with pytest.raises(ObservationError, match="resize to different sizes"):
+        smart.observation({"state": np.zeros(5), "images": {"scene": np.zeros((240, 320, 3), np.uint8),
+                                                            "wrist": np.zeros((100, 100, 3), np.uint8)}})
+
+
+def test_round_trip_through_a_checkpoint_dict_and_changed_embodiments():
+    from xr0.registry import EMBODIMENTS
+
+    p = processor(frame="delta")
+    q = Processor.from_dict(p.to_dict())
+    for k in ("action_mean", "action_std", "state_mean", "state_std", "action_mask"):
+        assert np.array_equal(getattr(p, k), getattr(q, k)), k
+    assert q.embodiment == p.embodiment and q.image == p.image and q.frame == "delta" and q.cameras == p.cameras
+    # a registered embodiment whose fields changed since training is refused by name
+    d = p.to_dict()
+    d["embodiment"] = {**d["embodiment"], "name": "example_arm"}
+    with pytest.raises(EmbodimentError, match="example_arm' differs from the one this model was trained with"):
+        Processor.from_dict(d)
+    assert "proc_arm" not in EMBODIMENTS  # an unregistered one is rebuilt from the recorded fields
+
+
+def test_statistics_must_be_finite_and_cover_the_chunk():
+    emb = arm()
+    bad = {"actions": {"mean": np.zeros((T, 32)), "std": np.full((T, 32), np.nan)}, "state": None}
+    with pytest.raises(ValueError, match="action std statistics hold NaN"):
+        Processor.from_stats(emb, bad, T, ImageSpec(size=(28, 28), factor=28))
+    short = {"actions": {"mean": np.zeros((2, 32)), "std": np.ones((2, 32))}, "state": None}
+    with pytest.raises(ValueError, match="cover 2 chunk steps, the recipe asks for 3"):
+        Processor.from_stats(emb, short, T, ImageSpec(size=(28, 28), factor=28))
+
+
+def test_canonical_chunk_is_what_statistics_are_computed_on():
+    emb = arm()
+    state = np.array([1.0, 2.0, 3.0, 0.5, 0.0], np.float32)
+    rel, valid = canonical_chunk(emb, np.array([[1.5, 2.5, 3.5, 1.0]], np.float32), state, 2)
+    assert valid.tolist() == [True, False]
+    np.testing.assert_allclose(rel[:, [4, 5, 6, 9]], [[0.5, 0.5, 0.5, 1.0]] * 2)
