@@ -82,7 +82,7 @@ def action_config() -> dict:
 
 
 def write_release(root: Path, tensors: dict[str, torch.Tensor] | None = None, robots: list[str] | None = None,
-                  config: dict | None = None) -> Path:
+                  config: dict | None = None, image_processor: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
     tensors = released_tensors() if tensors is None else tensors
@@ -97,8 +97,8 @@ def write_release(root: Path, tensors: dict[str, torch.Tensor] | None = None, ro
     (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (root / "config.json").write_text(json.dumps(CONFIG if config is None else config))
     ac = {k: v for k, v in action_config().items() if robots is None or k in robots}
-    (root / "preprocessor_config.json").write_text(json.dumps(
-        {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 16, "action_config": ac}))
+    pre = image_processor or {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 16}
+    (root / "preprocessor_config.json").write_text(json.dumps({**pre, "action_config": ac}))
     (root / "processor_config.json").write_text(json.dumps({"processor_class": "MiBotProcessor"}))
     (root / "modeling_mibot.py").write_text("# stands in for the release's remote code\n")
     return root

@@ -9,13 +9,20 @@ L_vlm - L + i in front) -> gated residual -> norm, then norm -> modulate -> SwiG
 the action projector sees the noisy actions times the action mask; 5 Euler steps from τ=0).
 
 The VLM in (b) is transformers' Qwen3-VL loaded straight from the release's `vlm.*` tensors, not xr0's
-backbone adapter; the prompt tokens are xr0's (the released processor's prompt format is not part of this).
+backbone adapter. The first test feeds both the same prepared tensors; the second starts from what a user has —
+uint8 camera frames at their native size, the instruction text, the state in robot units — and the reference then
+also does the released preprocessing itself: transformers' Qwen2-VL PIL image processor with the release's
+preprocessor_config.json (smart resize, bicubic, mean/std 0.5), the deployment prompt of the release's README
+(view labels, text after the images, "/no_cot", an empty cot answer), the raw zero-padded state, the per-timestep
+action mask `std > 1e-5`, noise drawn after `torch.manual_seed(seed)` per call, and `a * std + mean`.
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,7 +89,8 @@ def reference_velocity(W, n_layers, head_dim, kv, vlm_mask, cos, sin, state, x, 
     t_emb = F.silu(t_emb @ W["t_embedder.mlp.0.weight"].T) @ W["t_embedder.mlp.2.weight"].T  # (B,D)
     mod = (t_emb @ W["t_projector.layers.0.weight"].T + W["t_projector.layers.0.bias"]).view(b, 6, D)
     h = torch.cat([W["sink.weight"][None].expand(b, 1, D), _mlp2(state[:, None], W, "state_projector"),
-                   _mlp2(x * action_mask[:, None], W, "action_projector")], dim=1)  # (B,n,D)
+                   _mlp2(x * (action_mask if action_mask.ndim == 3 else action_mask[:, None]), W,
+                         "action_projector")], dim=1)  # (B,n,D); a per-timestep mask is (B,T,A) already
     n = h.shape[1]
     mask = torch.cat([vlm_mask[:, None, :].expand(b, n, -1),
                       torch.tril(torch.ones(n, n, dtype=torch.bool)).expand(b, n, n)], dim=-1)[:, None]
@@ -164,3 +172,71 @@ def test_xr0_matches_the_released_forward(tmp_path):
     assert ref.abs().max() > 0.1  # a non-trivial output
     assert diff < 1e-4
     assert torch.all(ours[~valid] == 0)  # xr0 zeroes padded dims; the release leaves them to the processor
+
+
+RELEASE_IMAGE_PROCESSOR = {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 14, "merge_size": 2,
+                           "temporal_patch_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                           "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16, "resample": 3}
+VIEWS = ["Base View", "Left-Wrist View"]
+
+
+def released_preprocessing(images, instruction, config, tok):
+    """The release's processor call, written from its public README and processor: the deployment prompt, one
+    `<|image_pad|>` per image expanded to grid.prod() // merge² tokens, Qwen2-VL image processing."""
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    proc = Qwen2VLImageProcessorPil(**{k: v for k, v in RELEASE_IMAGE_PROCESSOR.items() if k != "image_processor_type"})
+    pix = proc(images=[Image.fromarray(im) for im in images], return_tensors="pt")
+    prompt = ("<|im_start|>user\nThe following observations are captured from multiple views.\n"
+              + "".join(f"# {v}\n<|vision_start|><|image_pad|><|vision_end|>\n" for v in VIEWS)
+              + f"Generate robot actions for the task:\n{instruction} /no_cot<|im_end|>\n"
+              "<|im_start|>assistant\n<cot></cot><|im_end|>\n")
+    for grid in pix["image_grid_thw"]:
+        prompt = prompt.replace("<|image_pad|>", "<|placeholder|>" * int(grid.prod() // 4), 1)
+    ids = torch.tensor([tok.encode(prompt.replace("<|placeholder|>", "<|image_pad|>"))])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pix["pixel_values"],
+            "image_grid_thw": pix["image_grid_thw"],
+            "mm_token_type_ids": (ids == config["vlm_config"]["image_token_id"]).int()}
+
+
+def test_raw_inputs_match_the_released_preprocessing_and_forward(tmp_path):
+    from xr0_deploy.local import load_local
+
+    tok = ByteTokenizer()
+    config = _byte_vocab_release_config()
+    W = _scaled(conftest.released_tensors(seed=5, vlm_config=config["vlm_config"]))
+    rel = conftest.write_release(tmp_path / "release", W, robots=["libero_all"], config=config,
+                                 image_processor=RELEASE_IMAGE_PROCESSOR)
+    pre_path = rel / "preprocessor_config.json"
+    pre = json.loads(pre_path.read_text())
+    ac = pre["action_config"]["libero_all"]
+    for t in range(2, conftest.T):  # dim 6 is active in the first two chunk steps only: the mask is per timestep
+        ac["std"][t][6] = 0.0
+    pre_path.write_text(json.dumps(pre))
+    import_release(rel, tmp_path / "imp", cameras=["base", "wrist"], view_labels=VIEWS)
+
+    g = np.random.default_rng(0)
+    frames = [g.integers(0, 256, (60, 100, 3), dtype=np.uint8) for _ in VIEWS]  # native camera size, uint8
+    state = g.normal(0.4, 1.5, 8)  # LIBERO-like 8-D state in robot units; the release pads it to 32 with zeros
+    instruction = "put the bowl on the plate"
+    mean, std = torch.tensor(ac["mean"]), torch.tensor(ac["std"])  # (T, 32) per timestep
+    action_mask = (std > 1e-5).float()[None]  # (1, T, 32): the release's per-timestep mask
+    raw_state = torch.zeros(1, conftest.S)
+    raw_state[0, :8] = torch.tensor(state, dtype=torch.float32)
+    with torch.no_grad():
+        inputs = released_preprocessing(frames, instruction, config, tok)
+        torch.manual_seed(42)  # the release reseeds before drawing its noise, on every call
+        noise = torch.randn_like(action_mask)
+        ref = reference_chunk({k: v.float() for k, v in W.items()}, config, inputs, raw_state, noise, action_mask)
+        ref = ref[0] * std + mean  # (T, 32) decode_action
+    dims = action_mask[0].bool().any(0)
+    obs = {"state": np.concatenate([state, np.zeros(conftest.S - 8)]), "prompt": instruction,
+           "images": {"base": frames[0], "wrist": frames[1]}}
+    for fast in ("off", "auto"):
+        ours = load_local(str(tmp_path / "imp"), fast=fast, noise_seed=42).reply(obs)
+        diff = float(np.abs(ours.actions - ref[:, dims].numpy()).max())
+        print(f"\nraw-input parity ({fast}): max |xr0 - release reference| = {diff:.3g} "
+              f"(|actions| max {ref[:, dims].abs().max().item():.3g})")
+        assert ref[:, dims].abs().max() > 0.5 and ours.clipped == 0
+        assert diff <= 1e-5

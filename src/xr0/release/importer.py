@@ -117,7 +117,7 @@ def parity_recipe(config: dict[str, Any], embodiment: str | None, chunk: int, pr
 
 
 def release_processor(robot_type: str, emb: dict[str, Any], config: dict[str, Any], preprocessor: dict[str, Any],
-                      cameras: list[str], hz: float) -> dict[str, Any]:
+                      cameras: list[str], view_labels: list[str], hz: float) -> dict[str, Any]:
     """The released preprocessing as an xr0 Processor: each frame smart-resized by itself (bicubic, the release's
     pixel budget), raw zero-padded state, per-timestep action statistics and mask (std > 1e-5 per step)."""
     import numpy as np
@@ -141,8 +141,12 @@ def release_processor(robot_type: str, emb: dict[str, Any], config: dict[str, An
                       factor=int(pre.get("patch_size", vis["patch_size"]) * pre.get("merge_size",
                                                                                    vis["spatial_merge_size"])),
                       min_pixels=int(pre.get("min_pixels", 56 * 56)), max_pixels=int(pre.get("max_pixels", 28 * 28 * 1280)))
+    from xr0.backbones.images import CLIP_MEAN, CLIP_STD
+
+    recorded = {"factor": image.factor, "image_mean": list(pre.get("image_mean", CLIP_MEAN)),
+                "image_std": list(pre.get("image_std", CLIP_STD)), "prompt": "release", "view_labels": list(view_labels)}
     proc = Processor(robot, image, emb["chunk"], mean.astype(np.float32), std.astype(np.float32), None, None,
-                     action_mask=per_step, cameras=tuple(cameras))
+                     action_mask=per_step, cameras=tuple(cameras), backbone=recorded)
     return proc.to_dict()
 
 
@@ -191,7 +195,7 @@ def import_release(src: str | Path, out: str | Path, robot_type: str | None = No
     has_tokenizer = copy_files and any((src / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     meta = {
         "xr0_recipe": parity_recipe(config, robot_type, chunk, image_pre, view_labels, has_tokenizer),
-        "xr0_processor": release_processor(robot_type, embodiments[robot_type], config, image_pre, cameras, hz)
+        "xr0_processor": release_processor(robot_type, embodiments[robot_type], config, image_pre, cameras, view_labels, hz)
         if robot_type else None,
         "xr0_stats": embodiments[robot_type]["stats"] if robot_type else None,
         "xr0_embodiment": robot_type,
