@@ -179,3 +179,12 @@ def test_canonical_chunk_is_what_statistics_are_computed_on():
     rel, valid = canonical_chunk(emb, np.array([[1.5, 2.5, 3.5, 1.0]], np.float32), state, 2)
     assert valid.tolist() == [True, False]
     np.testing.assert_allclose(rel[:, [4, 5, 6, 9]], [[0.5, 0.5, 0.5, 1.0]] * 2)
+
+
+def test_validate_checks_the_image_size_rule_before_any_training(capsys):
+    from xr0.cli import main
+
+    assert main(["validate", "recipes/tiny/stage2.yaml", "--set", "data.image_size=30"]) == 1
+    out = capsys.readouterr().out
+    assert "data.image_size: image size 30x30 must be positive multiples of the backbone's patch*merge = 28" in out
+    assert main(["validate", "recipes/tiny/stage2.yaml", "--set", "data.image_size=56"]) == 0

@@ -56,6 +56,8 @@ def plot_trace(trace: list[dict[str, Any]], out: str | Path, meta: dict[str, Any
     for j, ax in enumerate(axes):
         for a, b in windows:
             ax.axvspan(a, b, color="0.9", lw=0)
+        if acted:  # everything executed, underneath: a jump between chunks shows as a grey step
+            ax.plot([r["tick"] for r in acted], [r["action"][j] for r in acted], "-", color="0.7", lw=0.6, zorder=0)
         by_chunk: dict[int, list[tuple[int, float]]] = {}
         for r in acted:
             by_chunk.setdefault(r["chunk_id"], []).append((r["tick"], r["action"][j]))
