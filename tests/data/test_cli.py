@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,3 +40,26 @@ def test_write_stats_inspect(tmp_path, capsys):
 def test_inspect_missing_card_is_a_clear_error(capsys):
     assert main(["data", "inspect", "no_such_card"]) == 2
     assert "data card 'no_such_card' not found" in capsys.readouterr().err
+
+
+def test_npz_episodes_record_missing_frames_and_the_reader_masks_them(tmp_path, capsys):
+    from xr0.data.module import WebDatasetData
+
+    src = tmp_path / "eps"
+    src.mkdir()
+    ep = next(iter(episodes(n_eps=1, steps=6, size=12)))
+    cams = list(ep["images"])
+    valid = np.array([True, False, True, True, False, True])  # the second camera dropped two frames
+    np.savez(src / "ep0.npz", state=ep["state"], actions=ep["actions"], instruction=np.array(ep["instruction"]),
+             **{f"image.{c}": v for c, v in ep["images"].items()}, **{f"valid.{cams[1]}": valid})
+    assert main(["data", "write", str(src), "--embodiment", "libero_franka", "--name", "drop", "--out",
+                 str(tmp_path / "out")]) == 0
+    card = tmp_path / "out" / "drop.yaml"
+    capsys.readouterr()
+    assert main(["data", "inspect", str(card), "--sheet", str(tmp_path / "s.png")]) == 0
+    assert f"missing     {cams[0]} 0, {cams[1]} 2 frames" in capsys.readouterr().out
+    dm = WebDatasetData(card=str(card), batch_size=6, num_workers=0, shuffle_buffer=0, shard_shuffle=0,
+                        image_size=12)
+    batch = dm.account(next(iter(dm.train_dataloader())))
+    assert batch["image_mask"][:, 0].all() and batch["image_mask"][:, 1].tolist() == valid.tolist()
+    assert batch["images"][~torch.from_numpy(valid), 1].abs().sum() == 0  # missing: an all-zero frame

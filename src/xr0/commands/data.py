@@ -7,8 +7,8 @@ from xr0.registry import COMMANDS
 
 
 def _load_npz_episodes(folder: str):
-    """Episodes from `*.npz` files: arrays state (N,S), actions (N,A), image.<camera> (N,H,W,3) uint8, and an
-    optional 0-d string `instruction`."""
+    """Episodes from `*.npz` files: arrays state (N,S), actions (N,A), image.<camera> (N,H,W,3) uint8, an optional
+    valid.<camera> (N,) bool (False: that frame is missing), and an optional 0-d string `instruction`."""
     from pathlib import Path
 
     import numpy as np
@@ -18,8 +18,13 @@ def _load_npz_episodes(folder: str):
         raise FileNotFoundError(f"{folder}: no *.npz episode files (arrays state, actions, image.<camera>, instruction)")
     for f in files:
         with np.load(f, allow_pickle=False) as z:
-            yield {"state": z["state"], "actions": z["actions"],
-                   "images": {k[6:]: z[k] for k in z.files if k.startswith("image.")},
+            images = {}
+            for k in z.files:
+                if k.startswith("image."):
+                    cam, frames = k[6:], z[k]
+                    valid = z[f"valid.{cam}"] if f"valid.{cam}" in z.files else np.ones(len(frames), bool)
+                    images[cam] = [fr if ok else None for fr, ok in zip(frames, valid)]
+            yield {"state": z["state"], "actions": z["actions"], "images": images,
                    "instruction": str(z["instruction"]) if "instruction" in z.files else ""}
 
 
@@ -27,7 +32,8 @@ def _write(args) -> int:
     from xr0.data import write_episodes
 
     card = write_episodes(_load_npz_episodes(args.episodes), args.out, args.embodiment, args.name, fps=args.fps,
-                          chunk=args.chunk, maxcount=args.maxcount, license=args.license, source=args.source)
+                          chunk=args.chunk, maxcount=args.maxcount, license=args.license, source=args.source,
+                          image_format=args.image_format)
     print(f"wrote {card}")
     return 0
 
@@ -51,6 +57,8 @@ def _inspect(args) -> int:
     for url, n in info["samples_per_shard"].items():
         print(f"  {n:>7}  {url}")
     print(f"samples     {info['samples']}")
+    if info["missing_frames"]:
+        print("missing     " + ", ".join(f"{c} {n}" for c, n in info["missing_frames"].items()) + " frames")
     print("sample      " + json.dumps(info["sample"], indent=2, default=str).replace("\n", "\n            "))
     if "contact_sheet" in info:
         print(f"contact sheet: {info['contact_sheet']}")
@@ -73,7 +81,8 @@ class Data:
     @staticmethod
     def add_arguments(p):
         sub = p.add_subparsers(dest="data_command", metavar="VERB", required=True)
-        w = sub.add_parser("write", help="episodes (*.npz: state, actions, image.<camera>, instruction) → shards + card")
+        w = sub.add_parser("write", help="episodes (*.npz: state, actions, image.<camera>, valid.<camera>, instruction) "
+                                         "→ shards + card")
         w.add_argument("episodes", help="folder of *.npz episode files")
         w.add_argument("--embodiment", required=True)
         w.add_argument("--name", required=True)
@@ -83,6 +92,8 @@ class Data:
         w.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
         w.add_argument("--license", default="unknown")
         w.add_argument("--source", default="")
+        w.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
+                       help="jpg (small) or png (lossless: training sees exactly the recorded frames)")
         w.set_defaults(_verb=_write)
         s = sub.add_parser("stats", help="recompute a card's statistics (streaming, per-timestep mean/std, q01/q99)")
         s.add_argument("card")

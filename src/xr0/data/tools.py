@@ -49,14 +49,18 @@ def compute_stats(ref: str, reservoir: int = 4096, write: bool = True, progress:
     return stats
 
 
-def count_samples(card: DataCard, progress: bool = True) -> dict[str, int]:
-    """Samples per shard (reads only the small metadata member of each sample)."""
+def count_samples(card: DataCard, progress: bool = True, missing: dict[str, int] | None = None) -> dict[str, int]:
+    """Samples per shard (reads only the small metadata member of each sample); `missing` collects the frames each
+    camera is recorded missing in (meta.json `missing`)."""
     from tqdm import tqdm
 
     counts: dict[str, int] = {}
     meta = card.key("meta" if card.kind == "robot" else "json")
     for s in tqdm(_raw_samples(card, {meta}), desc=f"count {card.name}", unit="sample", disable=not progress):
         counts[s["__url__"]] = counts.get(s["__url__"], 0) + 1
+        if missing is not None and card.kind == "robot":
+            for cam in json.loads(s[meta]).get("missing", []):
+                missing[cam] = missing.get(cam, 0) + 1
     return counts
 
 
@@ -81,7 +85,8 @@ def inspect_card(ref: str, sheet: str | Path | None = None, progress: bool = Tru
     """A card's shards, sample count, one decoded sample and (optionally) a contact sheet of its cameras."""
     card = load_card(ref)
     shards = shard_list(card.urls)
-    counts = count_samples(card, progress)
+    missing: dict[str, int] = {}
+    counts = count_samples(card, progress, missing)
     first = next(iter(_raw_samples(card)), None)
     if first is None:
         raise ValueError(f"data card '{card.name}': no readable sample in {len(shards)} shard(s)")
@@ -101,7 +106,8 @@ def inspect_card(ref: str, sheet: str | Path | None = None, progress: bool = Tru
         elif k.endswith("json"):
             sample[k] = json.loads(v)
     out = {"card": str(card.path), "kind": card.kind, "embodiment": card.embodiment, "shards": shards,
-           "samples_per_shard": counts, "samples": sum(counts.values()), "sample": sample}
+           "samples_per_shard": counts, "samples": sum(counts.values()), "sample": sample,
+           "missing_frames": {c: missing.get(c, 0) for c in card.cameras} if card.kind == "robot" else {}}
     if sheet is not None and images:
         out["contact_sheet"] = str(contact_sheet(images, names, sheet))
     return out
