@@ -12,12 +12,12 @@ pytest.importorskip("pyarrow", reason="the LeRobot importer reads parquet with p
 pytest.importorskip("av", reason="the LeRobot importer decodes mp4 with PyAV")
 
 sys.path.insert(0, str(Path(__file__).parent))
-import lerobot_layouts as L  # noqa: E402
+import lerobot_layouts as L
 
-from xr0 import embodiments  # noqa: E402
-from xr0.cli import main  # noqa: E402
-from xr0.data import load_card, load_stats  # noqa: E402
-from xr0.data.stats import floor_std  # noqa: E402
+from xr0 import embodiments
+from xr0.cli import main
+from xr0.data import load_card, load_stats
+from xr0.data.stats import floor_std
 
 RECIPES = Path(__file__).parents[2] / "recipes"
 TASKS = ["put the bowl on the plate", "open the top drawer and put the bowl inside"]

@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("pyarrow", reason="the LeRobot importer reads parquet with pyarrow")
 
 sys.path.insert(0, str(Path(__file__).parent))
-import lerobot_layouts as L  # noqa: E402
+import lerobot_layouts as L
 
-from xr0.cli import main  # noqa: E402
-from xr0.data import load_card  # noqa: E402
-from xr0.data.lerobot import LeRobotFolder, iter_episodes  # noqa: E402
-from xr0.data.lerobot_import import from_lerobot  # noqa: E402
+from xr0.cli import main
+from xr0.data import load_card
+from xr0.data.lerobot import LeRobotFolder, iter_episodes
+from xr0.data.lerobot_import import from_lerobot
 
 TASKS = ["stack the cups", "open the lid"]
 

@@ -39,7 +39,7 @@ def plan_parts(episodes: dict[int, dict[str, Any]], src_fps: float, fps: float |
     for ep, m in episodes.items():
         n = int(m["length"])
         if fps is not None and n > 1:
-            n = int(math.floor((n - 1) / src_fps * fps + 0.5)) + 1
+            n = math.floor((n - 1) / src_fps * fps + 0.5) + 1
         if parts[-1] and size + n > maxcount:
             parts.append([])
             size = 0
@@ -86,9 +86,9 @@ def from_lerobot(root: str | Path, out_dir: str | Path | None = None, embodiment
 
     folder = LeRobotFolder(root)
     if card is not None:
-        if embodiment or out_dir or cameras or state_key or action_key or fps or chunk:
-            raise ValueError("--card gives the embodiment, output folder, cameras, state, action, fps and chunk; "
-                             "drop the other options, or leave out --card")
+        if embodiment or out_dir or name or cameras or state_key or action_key or fps or chunk:
+            raise ValueError("--card gives the embodiment, output folder, name, cameras, state, action, fps and "
+                             "chunk; drop the other options (all but --maxcount), or leave out --card")
         s = _settings_from_card(card)
     else:
         if not embodiment or out_dir is None:
