@@ -1,12 +1,18 @@
 """Every YAML under recipes/ loads and validates; every stock recipe runs a few steps on CPU with a tiny
-config given as dotlist overrides (the same overrides a user can type after `xr0 fit RECIPE`)."""
+config given as dotlist overrides (the same overrides a user can type after `xr0 fit RECIPE`).
+
+Recipes that name a stock data card (data_cards/, shards written by `xr0 data from-lerobot`) are validated
+twice here, where nothing is imported: as they are, which must fail with the card's fill command, and with
+synthetic data swapped in, which must pass. tests/data/test_lerobot_cards.py imports each card's layout and
+trains its recipe for real."""
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from xr0.config import RECIPES_DIR, load_recipe, resolve, validate
+from xr0.config import RECIPES_DIR, RecipeError, load_recipe, resolve, validate
+from xr0.data import load_card
 
 # a file or folder whose name starts with `_` is a base to inherit, not a recipe
 RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml")
@@ -18,6 +24,16 @@ STOCK = [p for p in RECIPES if p not in TINY_RECIPES and p not in NEEDS_INPUT]
 
 TINY_DATA = "{name: synthetic, chunk: 4, batch_size: 2}"
 TINY_VLM = "{name: qwen3vl, tiny: {}}"
+SYNTHETIC = [f"_tiny_data={TINY_DATA}", "data=${_tiny_data}"]  # replaces the data node (a dict would merge)
+
+
+def stock_card(path: Path):
+    """The stock card a recipe trains on, if its shards come from an import (a card with a fill_command)."""
+    data = resolve(load_recipe(path, fill_blanks(path))).get("data") or {}
+    if isinstance(data, dict) and data.get("name") == "webdataset" and isinstance(data.get("card"), str):
+        card = load_card(data["card"], check_files=False)
+        return card if card.fill_command else None
+    return None
 
 
 def fill_blanks(path: Path) -> list[str]:
@@ -48,8 +64,19 @@ def tiny_overrides(tree: dict, out_dir: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(RECIPES_DIR)))
-def test_recipe_validates(path):
-    tree = validate(load_recipe(path, fill_blanks(path)))
+def test_recipe_validates(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("XR0_DATA", str(tmp_path))  # an empty data folder: nothing imported
+    blanks = fill_blanks(path)
+    card = stock_card(path)
+    if card is not None:
+        with pytest.raises(RecipeError) as err:
+            validate(load_recipe(path, blanks))
+        msg = str(err.value)
+        assert f"data: card: data card {card.path}" in msg
+        assert f"no shard files match {tmp_path}/{card.name}/{card.name}-*.tar" in msg
+        assert f"write them with `{card.fill_command}`" in msg
+        blanks += SYNTHETIC
+    tree = validate(load_recipe(path, blanks))
     assert tree["stage"]["name"] in {"vlm_cotrain", "dit_flow", "post_train"}
     assert tree.get("description"), f"{path}: give the recipe a one-line description"
 
@@ -76,7 +103,7 @@ def test_paper_chunk_sizes():
 def test_stock_recipe_runs_tiny(path, tmp_path):
     from xr0.run import fit
 
-    tree = validate(load_recipe(path))
+    tree = validate(load_recipe(path, SYNTHETIC if stock_card(path) else []))
     out = fit(str(path), tiny_overrides(tree, tmp_path / "run"))
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "recipe.yaml").is_file()

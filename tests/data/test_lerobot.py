@@ -1,4 +1,4 @@
-"""LeRobot v3 import on a v3 folder generated here with pyarrow (frames as `image` features, not mp4)."""
+"""LeRobot import on folders generated here with pyarrow / PyAV: v3 inline and mp4, versions refused, the\ncard-less path (the stock cards are covered end to end in test_lerobot_cards.py)."""
 import io
 import json
 from pathlib import Path
@@ -61,11 +61,13 @@ def make_v3(root: Path, lengths=(7, 5), seed=0):
     return truth
 
 
-def test_from_lerobot_v3(tmp_path):
+def test_from_lerobot_v3(tmp_path, capsys):
     truth = make_v3(tmp_path / "ds")
     assert main(["data", "from-lerobot", str(tmp_path / "ds"), "--embodiment", "libero_franka", "--out",
                  str(tmp_path / "out"), "--camera", "agentview=observation.images.top",
                  "--camera", "wrist=observation.images.hand"]) == 2  # libero_franka has an 8-D state
+    assert "feature 'observation.state' has 7 dims; embodiment 'libero_franka' has 8 state dims" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
     assert main(["data", "from-lerobot", str(tmp_path / "ds"), "--embodiment", "example_arm", "--name", "lr",
                  "--out", str(tmp_path / "out"), "--camera", "scene=observation.images.top",
                  "--camera", "wrist=observation.images.hand"]) == 0
@@ -86,13 +88,24 @@ def test_from_lerobot_v3(tmp_path):
     assert np.allclose(hand, [100 + 20 * j for j in range(7)], atol=3)
 
 
-def test_older_layout_is_refused(tmp_path):
+@pytest.mark.parametrize("version", ["v1.6", "v2.5", "v4.0", ""])
+def test_unknown_versions_are_refused_in_one_line(tmp_path, version, capsys):
     (tmp_path / "meta").mkdir()
-    (tmp_path / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 30, "features": {}}))
+    (tmp_path / "meta" / "info.json").write_text(json.dumps({"codebase_version": version, "fps": 30, "features": {}}))
+    assert main(["data", "from-lerobot", str(tmp_path), "--embodiment", "example_arm", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"codebase_version {version!r}" in err and "v2.0, v2.1, v3.0" in err
+
+
+def test_v1_layout_and_non_dataset_are_explained(tmp_path):
     from xr0.data.lerobot import read_info
 
-    with pytest.raises(ValueError, match="reads v3.x"):
+    (tmp_path / "meta_data").mkdir()
+    (tmp_path / "meta_data" / "info.json").write_text(json.dumps({"codebase_version": "v1.6", "fps": 50}))
+    with pytest.raises(ValueError, match="LeRobot v1.x folder"):
         read_info(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no meta/info.json"):
+        read_info(tmp_path / "meta_data")
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int = 30):

@@ -39,7 +39,7 @@ def test_unknown_embodiment_in_a_card(card, tmp_path):
     with pytest.raises(RecipeError, match=r"data: cards\[1\]: data card .*bad.yaml is invalid:\n.*embodiment: unknown "
                                           r"embodiment 'libero_frank'. Did you mean 'libero_franka'"):
         validate(load_recipe(RECIPES / "post_train_libero.yaml",
-                             ["data.name=webdataset", f"data.cards=[{card},{bad}]", "data.weights=[1,1]"]))
+                             ["data.card=null", f"data.cards=[{card},{bad}]", "data.weights=[1,1]"]))
 
 
 def test_card_with_missing_keys_and_shards(card, tmp_path):

@@ -111,7 +111,8 @@ def tiny_post_train(imp, extra=()):
     overrides = [f"_release={imp}", "embodiment=null", f"_chunk={T}", f"stage.head.width={D}",
                  f"stage.head.depth={L}", f"stage.head.head_dim={HD}", f"stage.head.num_heads={D // HD}",
                  "stage.backbone.tokenizer=null",  # the fixture ships no tokenizer files
-                 f"data={{name: synthetic, chunk: {T}, batch_size: 2}}", *extra]
+                 f"_tiny_data={{name: synthetic, chunk: {T}, batch_size: 2}}",
+                 "data=${_tiny_data}", *extra]  # replaces the recipe's data node (a dict would merge into it)
     tree = config.validate(config.load_recipe("recipes/post_train_from_release_sync.yaml", overrides))
     return config.build(tree["stage"], "stage"), tree
 

@@ -66,17 +66,24 @@ def _inspect(args) -> int:
 
 
 def _from_lerobot(args) -> int:
-    from xr0.data.lerobot import from_lerobot
+    from xr0.data.cards import load_card
+    from xr0.data.lerobot_import import from_lerobot
 
+    bad = [c for c in args.camera if "=" not in c]
+    if bad:
+        raise ValueError(f"--camera {bad[0]!r}: write XR0_NAME=FEATURE, e.g. --camera agentview=observation.images.image")
     cams = dict(c.split("=", 1) for c in args.camera) if args.camera else None
-    card = from_lerobot(args.path, args.out, args.embodiment, args.name, cameras=cams, maxcount=args.maxcount)
-    print(f"wrote {card}")
+    path = from_lerobot(args.path, args.out, args.embodiment, args.name, cameras=cams, state_key=args.state,
+                        action_key=args.action, fps=args.fps, chunk=args.chunk, card=args.card,
+                        maxcount=args.maxcount)
+    card = load_card(path)
+    print(f"wrote {card.num_samples} samples into {card.shards_pattern}; card {path}, statistics {card.stats_path}")
     return 0
 
 
 @COMMANDS.register("data")
 class Data:
-    """Datasets: write shards from episodes, compute stats, inspect a card, import LeRobot v3."""
+    """Datasets: write shards from episodes, compute stats, inspect a card, import LeRobot v2.x/v3."""
 
     @staticmethod
     def add_arguments(p):
@@ -103,14 +110,22 @@ class Data:
         i.add_argument("card")
         i.add_argument("--sheet", default="contact_sheet.png", help="PNG path for the cameras of the first sample")
         i.set_defaults(_verb=_inspect)
-        lr = sub.add_parser("from-lerobot", help="a local LeRobot v3 dataset → shards + card + stats")
-        lr.add_argument("path")
-        lr.add_argument("--embodiment", required=True)
-        lr.add_argument("--out", required=True)
+        lr = sub.add_parser("from-lerobot", help="a local LeRobot v2.0/v2.1/v3.0 dataset → shards + stats (+ card); "
+                                                 "resumable: rerun the same command to continue")
+        lr.add_argument("path", help="the downloaded dataset folder (holds meta/info.json)")
+        lr.add_argument("--card", default=None, help="a stock card (data_cards/, e.g. libero_openpi): it gives "
+                                                     "everything below and where the shards go ($XR0_DATA)")
+        lr.add_argument("--embodiment", default=None)
+        lr.add_argument("--out", default=None, help="output folder (without --card)")
         lr.add_argument("--name", default=None, help="default: the dataset folder's name")
         lr.add_argument("--camera", action="append", default=[], metavar="XR0_NAME=FEATURE",
                         help="map a camera, e.g. scene=observation.images.top (repeatable; default: all image features)")
-        lr.add_argument("--maxcount", type=int, default=1000)
+        lr.add_argument("--state", default=None, metavar="FEATURE", help="default: observation.state, else state")
+        lr.add_argument("--action", default=None, metavar="FEATURE", help="default: action, else actions")
+        lr.add_argument("--fps", type=float, default=None,
+                        help="resample every stream to this rate by nearest timestamp (default: keep the dataset's)")
+        lr.add_argument("--chunk", type=int, default=None, help="future actions per sample; default: the embodiment's")
+        lr.add_argument("--maxcount", type=int, default=1000, help="samples per shard (about)")
         lr.set_defaults(_verb=_from_lerobot)
 
     @staticmethod
@@ -121,6 +136,6 @@ class Data:
 
         try:
             return args._verb(args)
-        except (CardError, ValueError, ImportError) as exc:  # user-fixable: say what, not a traceback
+        except (CardError, ValueError, ImportError, FileNotFoundError) as exc:  # user-fixable: say what, not a traceback
             print(f"xr0 data {args.data_command}: error: {exc}", file=sys.stderr)
             return 2

@@ -163,16 +163,19 @@ def check(emb: Embodiment) -> None:
         raise EmbodimentError(f"embodiment '{emb.name}' fails the conformance check:\n  - " + "\n  - ".join(p))
 
 
-def _arm7(name: str, hz: float, chunk: int, cameras: tuple[str, ...]) -> Embodiment:
+def _arm7(name: str, hz: float, chunk: int, cameras: tuple[str, ...],
+          state_names: tuple[str, ...] = ("x", "y", "z", "roll", "pitch", "yaw", "gripper", "gripper_2")) -> Embodiment:
     names = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
-    return Embodiment(name=name, action_names=names, state_names=("x", "y", "z", "roll", "pitch", "yaw", "gripper", "gripper_2"),
-                      cameras=cameras, control_hz=hz, chunk=chunk, action_low=(-1.0,) * 7, action_high=(1.0,) * 7)
+    return Embodiment(name=name, action_names=names, state_names=state_names, cameras=cameras, control_hz=hz,
+                      chunk=chunk, action_low=(-1.0,) * 7, action_high=(1.0,) * 7)
 
 
 @EMBODIMENTS.register("libero_franka")
 def libero_franka() -> Embodiment:
-    """LIBERO Franka Panda: 7-D delta end-effector + gripper, 2 cameras, chunk 10 (SPEC §4)."""
-    return _arm7("libero_franka", 20.0, 10, ("agentview", "wrist"))
+    """LIBERO Franka Panda: 7-D delta end-effector + gripper, 2 cameras, chunk 10 (SPEC §4). The state is the
+    8-D one of the LeRobot LIBERO datasets (openpi's and LeRobot's): end-effector position, axis-angle, 2 finger qpos."""
+    return _arm7("libero_franka", 20.0, 10, ("agentview", "wrist"),
+                 ("x", "y", "z", "axis_angle_x", "axis_angle_y", "axis_angle_z", "gripper_qpos_0", "gripper_qpos_1"))
 
 
 @EMBODIMENTS.register("calvin")
@@ -183,8 +186,9 @@ def calvin() -> Embodiment:
 
 @EMBODIMENTS.register("simpler_widowx")
 def simpler_widowx() -> Embodiment:
-    """SimplerEnv / Bridge WidowX: 7-D delta end-effector + gripper, one camera, chunk 4."""
-    return _arm7("simpler_widowx", 5.0, 4, ("image",))
+    """SimplerEnv / Bridge WidowX at 5 Hz: 7-D delta end-effector + gripper, one camera, chunk 4. The state is the
+    8-D one of the Bridge LeRobot conversion (bridge_orig_lerobot): position, Euler angles, a zero pad, gripper."""
+    return _arm7("simpler_widowx", 5.0, 4, ("image",), ("x", "y", "z", "roll", "pitch", "yaw", "pad", "gripper"))
 
 
 @EMBODIMENTS.register("bimanual_30hz")
