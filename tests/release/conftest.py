@@ -97,7 +97,7 @@ def write_release(root: Path, tensors: dict[str, torch.Tensor] | None = None, ro
     (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (root / "config.json").write_text(json.dumps(CONFIG if config is None else config))
     ac = {k: v for k, v in action_config().items() if robots is None or k in robots}
-    pre = image_processor or {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 16}
+    pre = image_processor or {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 14, "merge_size": 2}
     (root / "preprocessor_config.json").write_text(json.dumps({**pre, "action_config": ac}))
     (root / "processor_config.json").write_text(json.dumps({"processor_class": "MiBotProcessor"}))
     (root / "modeling_mibot.py").write_text("# stands in for the release's remote code\n")

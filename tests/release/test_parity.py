@@ -150,7 +150,7 @@ def test_xr0_matches_the_released_forward(tmp_path):
     W = _scaled(conftest.released_tensors(seed=3, vlm_config=config["vlm_config"]))
     rel = conftest.write_release(tmp_path / "release", W, robots=["libero_all"], config=config)
     import_release(rel, tmp_path / "imp")
-    stage, _ = conftest.tiny_post_train(tmp_path / "imp")
+    stage, _ = conftest.tiny_post_train(tmp_path / "imp", ["_view_labels=[Base View]"])  # one camera view here
     policy = stage.policy.eval()
 
     g = torch.Generator().manual_seed(0)

@@ -74,7 +74,7 @@ def test_embodiments_and_statistics_come_from_the_processor(release, tmp_path):
     head = stage["head"]
     assert head["rope_offset"] == 0 and head["prefix_tau"] == "shared"
     assert (head["width"], head["depth"], head["head_dim"]) == (conftest.D, conftest.L, conftest.HD)
-    assert stage["backbone"]["prompt"] == "release" and stage["backbone"]["preprocessor"]["patch_size"] == 16
+    assert stage["backbone"]["prompt"] == "release" and stage["backbone"]["preprocessor"]["patch_size"] == 14
     vlm = json.loads((tmp_path / "imp" / "vlm_config.json").read_text())
     assert vlm["text_config"] == conftest.VLM_CONFIG["text_config"] and vlm["model_type"] == "qwen3_vl"
 
@@ -138,7 +138,7 @@ def test_round_trip_import_export_import(release, tmp_path):
     assert all(torch.equal(back[k], src[k]) for k in src)
     assert json.loads((tmp_path / "rel" / "config.json").read_text()) == conftest.CONFIG
     pre = json.loads((tmp_path / "rel" / "preprocessor_config.json").read_text())
-    assert pre["action_config"] == conftest.action_config() and pre["patch_size"] == 16
+    assert pre["action_config"] == conftest.action_config() and pre["patch_size"] == 14
     assert (tmp_path / "rel" / "modeling_mibot.py").is_file()  # remote code carried from release_files/
     import_release(tmp_path / "rel", tmp_path / "imp2", robot_type="libero_all")
     t1, m1 = read_export(tmp_path / "imp1")

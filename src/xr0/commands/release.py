@@ -24,6 +24,12 @@ class ImportRelease:
                        help="released robot_type to make the checkpoint's embodiment (needed when there are several)")
         p.add_argument("--no-copy-files", action="store_true",
                        help="do not copy config/processor/tokenizer/remote code to OUT/release_files/")
+        p.add_argument("--cameras", default="base,left_wrist",
+                       help="camera names a client sends, in the model's view order (default: base,left_wrist)")
+        p.add_argument("--view-labels", default=None,
+                       help="the prompt's view label per camera, comma-separated (default for base,left_wrist: "
+                            "'Base View,Left-Wrist View', the release README's LIBERO example)")
+        p.add_argument("--hz", type=float, default=30.0, help="control rate the imported embodiment records")
 
     @staticmethod
     def run(args):
@@ -32,13 +38,17 @@ class ImportRelease:
         from xr0.release.layout import ReleaseError
 
         try:
-            rep = import_release(args.release_dir, args.out_dir, args.robot_type, not args.no_copy_files)
+            cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
+            labels = [v.strip() for v in args.view_labels.split(",")] if args.view_labels else None
+            rep = import_release(args.release_dir, args.out_dir, args.robot_type, not args.no_copy_files,
+                                 cameras=cams, view_labels=labels, hz=args.hz)
         except (KeyMapError, ReleaseError) as exc:
             return _fail(exc)
         print(f"imported {rep.n_tensors} tensors -> {rep.out}")
         print(f"embodiments (one per released robot_type): {', '.join(rep.embodiments)}")
         if rep.embodiment:
-            print(f"checkpoint embodiment: {rep.embodiment}")
+            print(f"checkpoint embodiment: {rep.embodiment}; serve it as released: xr0 serve {rep.out} "
+                  f"--noise-seed 42 (cameras {', '.join(cams)})")
         else:
             print("checkpoint embodiment: none chosen (several robot types); pass --robot-type to pick one")
         for name in rep.added:
