@@ -30,6 +30,7 @@ RESIZE = ("letterbox", "stretch")
 RESAMPLE = ("bilinear", "bicubic", "nearest")
 FRAMES = ("absolute", "delta")
 STATE_NORM = ("meanstd", "none")
+MAX_STAT = 1e8  # a mean or std beyond this is a unit or data error, and un-normalising with it overflows float32
 MAX_STATE_Z = 100.0  # a state this many std from the training mean is a unit or wiring error, not a robot pose
 
 
@@ -205,6 +206,9 @@ class Processor:
                           ("state", self.state_mean), ("state std", self.state_std)):
             if arr is not None and not np.all(np.isfinite(arr)):
                 problems.append(f"{name} statistics hold NaN or inf: recompute them (`xr0 data stats CARD`)")
+            elif arr is not None and np.abs(arr).max() > MAX_STAT:
+                problems.append(f"{name} statistics reach {np.abs(arr).max():.3g} (> {MAX_STAT:g}): not robot units; "
+                                f"check the data's units and recompute them (`xr0 data stats CARD`)")
         if self.action_mask.shape not in ((ACTION_DIM,), (t, ACTION_DIM)):
             problems.append(f"action_mask shape {self.action_mask.shape}: expected ({ACTION_DIM},) or ({t}, {ACTION_DIM})")
         if problems:

@@ -33,7 +33,7 @@ class _Probe(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_fit_logs_skips_of_a_corrupt_shard(tmp_path):
+def test_fit_logs_a_corrupt_shard(tmp_path):
     card = write_episodes(episodes(n_eps=2, steps=8, size=8), tmp_path / "d", "libero_franka", "m", maxcount=4,
                           progress=False)
     shards = shard_list(load_card(card).urls)
@@ -48,10 +48,10 @@ def test_fit_logs_skips_of_a_corrupt_shard(tmp_path):
         trainer.fit(probe, datamodule=dm)
     assert len(probe.batch_keys) == 6  # 12 intact samples in batches of 2: the epoch ran to its end
     assert all("_counts" not in k for k in probe.batch_keys)  # the stage never sees the counters
-    assert dm.skipped >= 1 and dm.metrics()["data/skipped"] == dm.skipped
+    assert dm.counters["shards_failed"] == 1 and dm.metrics()["data/shards_failed"] == 1.0
     with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    logged = [float(r["data/skipped"]) for r in rows if r.get("data/skipped")]
-    assert logged and logged[-1] >= 1
+    logged = [float(r["data/shards_failed"]) for r in rows if r.get("data/shards_failed")]
+    assert logged and logged[-1] == 1
     assert max(float(r["data/samples/robot"]) for r in rows if r.get("data/samples/robot")) >= 10
     shutil.rmtree(tmp_path / "d")

@@ -22,7 +22,7 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from xr0.data.cards import CardError, DataCard, load_card, shard_list
-from xr0.data.reader import Batcher, Counts, RobotTransform, VLTransform, card_stream, finish_images
+from xr0.data.reader import Batcher, Counts, DataError, RobotTransform, VLTransform, card_stream, finish_images
 from xr0.data.stats import for_checkpoint, load_stats
 from xr0.registry import DATASETS
 
@@ -37,14 +37,24 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _forever(ds, name: str):
+def _forever(ds, card: DataCard, counts: Counts):
     while True:  # re-iterating a WebDataset reopens (and reshuffles) this worker's shards
-        got = False
-        for s in ds:
-            got = True
-            yield s
-        if not got:
-            raise RuntimeError(f"data card '{name}': this rank/worker read no samples (all shards empty or corrupt)")
+        yield from _once(ds, card, counts)
+
+
+def _once(ds, card: DataCard, counts: Counts):
+    """One pass over this worker's shards of a card; a pass that yields nothing is an error, not an empty epoch
+    (an empty epoch makes Lightning loop forever without a step)."""
+    got = False
+    for s in ds:
+        got = True
+        yield s
+    if not got:
+        failed = counts.c.get(f"shards_failed:{card.name}", 0)
+        skipped = {k[8:]: v for k, v in counts.c.items() if k.startswith("skipped/")}
+        raise DataError(f"data card '{card.name}': this rank/worker read no usable sample from its shards "
+                        f"({card.urls}; {failed} shard(s) failed to read, samples skipped by reason: {skipped or 'none'}); "
+                        f"check them with `xr0 data inspect {card.name}`")
 
 
 class _Stream(IterableDataset):
@@ -68,13 +78,29 @@ class _Stream(IterableDataset):
             streams.append(card_stream(card, tf, counts, dm.shuffle_buffer, dm.shard_shuffle,
                                        dm.seed + 1000 * rank + 100 * i + (info.id if info else 0)))
         if len(streams) == 1 and world == 1:
-            mixed, max_batches = iter(streams[0]), None
+            mixed, max_batches = _once(streams[0], dm.cards[0], counts), None
         else:
-            forever = [_forever(s, c.name) for s, c in zip(streams, dm.cards)]
+            forever = [_forever(s, c, counts) for s, c in zip(streams, dm.cards)]
             mixed = iter(wds.RandomMix(forever, dm.weights)) if len(forever) > 1 else forever[0]
             workers = max(1, info.num_workers if info else 1)
             max_batches = max(1, math.ceil(self.samples_per_epoch / dm.batch_size / world / workers))
         yield from Batcher(dm.batch_size, dm.with_vl, counts, max_batches)(mixed)
+
+
+def stats_problems(card: DataCard) -> list[str]:
+    """A robot card's statistics file must be readable and finite (NaN statistics make every batch NaN)."""
+    import numpy as np
+
+    if not card.stats_path or not os.path.exists(card.stats_path):
+        return []  # load_card already names a missing file
+    try:
+        st = load_stats(card.stats_path)
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"{card.stats_path} cannot be read ({type(exc).__name__}: {exc}); rerun `xr0 data stats {card.name}`"]
+    bad = [f"{part}.{k}" for part in ("actions", "state") for k in ("mean", "std")
+           if not np.all(np.isfinite(st[part][k])) or (k == "std" and np.any(st[part][k] < 0))]
+    return [f"{card.stats_path}: {', '.join(bad)} hold NaN, inf or negative values; rerun `xr0 data stats "
+            f"{card.name}` (samples with NaN or inf are skipped there)"] if bad else []
 
 
 @DATASETS.register("webdataset")
@@ -189,6 +215,7 @@ class WebDatasetData(L.LightningDataModule):
             problems.append("cards: a mixture needs at least one robot card (kind: robot)")
         chunk, emb = kwargs.get("chunk"), kwargs.get("embodiment")
         for c in robot:
+            problems += [f"card '{c.name}' stats: {p}" for p in stats_problems(c)]
             if chunk is not None and chunk > c.chunk:
                 problems.append(f"chunk: {chunk} > the {c.chunk} future actions stored per sample in card '{c.name}'")
         if emb is not None and robot and robot[0].embodiment != emb:
@@ -204,8 +231,10 @@ class WebDatasetData(L.LightningDataModule):
         return batch
 
     def metrics(self) -> dict[str, float]:
-        """`data/skipped` (corrupt samples so far), `data/samples/<kind>`, and `data/ratio/<source>`."""
-        out = {"data/skipped": float(self.skipped)}
+        """`data/skipped` (samples so far), `data/skipped/<reason>`, `data/shards_failed`, `data/samples/<kind>`, and
+        `data/ratio/<source>`."""
+        out = {"data/skipped": float(self.skipped), "data/shards_failed": float(self.counters.get("shards_failed", 0))}
+        out.update({f"data/{k}": float(v) for k, v in self.counters.items() if k.startswith("skipped/")})
         out.update({f"data/samples/{k}": float(self.counters.get(k, 0)) for k in ("robot", "vl")})
         out.update({f"data/ratio/{k}": v for k, v in self.observed_ratio().items()})
         return out

@@ -19,21 +19,67 @@ import torch
 from PIL import Image
 
 from xr0.data.cards import DataCard
-from xr0.processor import ImageSpec, Processor, collate, finish_images  # noqa: F401  (re-exported)
+from xr0.processor import ImageSpec, ObservationError, Processor, collate, finish_images  # noqa: F401
+
+
+MAX_EMPTY_SHARDS = 8  # this many failed shards before any readable sample: the card is broken, not unlucky
+
+
+class DataError(RuntimeError):
+    """A data card gives nothing to train on; the message names the card and its shards."""
+
+
+class SampleError(ValueError):
+    """One sample cannot be used; `reason` is the counter it is skipped under (skipped/<reason>)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _shard_of(exn: Exception) -> str | None:
+    """The shard a webdataset error came from: it appends the url to the args, or " @ <file name='...'>" to the
+    message, depending on where in the tar it failed."""
+    import re
+
+    for a in reversed(getattr(exn, "args", ())):
+        if isinstance(a, str) and (a.endswith((".tar", ".tgz", ".tar.gz")) or "://" in a or a.startswith("pipe:")):
+            return a
+    m = re.search(r" @ .*?name='([^']+)'", str(exn.args[0]) if getattr(exn, "args", None) else "")
+    return m.group(1) if m else None
 
 
 class Counts:
-    """Per-worker counters (skipped samples, samples per source); lives in the worker that updates it."""
+    """Per-worker counters: skipped samples by reason, failed shards, samples per source; lives in the worker."""
 
     def __init__(self):
         self.c: Counter = Counter()
+        self.failed: set[tuple[str, str | None]] = set()  # shards that failed (one broken tar raises more than once)
 
-    def handler(self, exn: Exception) -> bool:
-        """webdataset handler: count the skip, warn, carry on (never crash a run on one bad sample)."""
-        import webdataset as wds
+    def handler(self, exn: Exception, card: str = "?", max_empty_shards: int = MAX_EMPTY_SHARDS) -> bool:
+        """webdataset handler: a bad sample is skipped and counted by reason; a shard that fails to read is counted
+        (`shards_failed`) and named in the warning. Never one bad sample crashes a run, but a card whose first
+        `max_empty_shards` shard attempts give no sample at all raises DataError: training on nothing is a bug."""
+        import warnings
 
-        self.c["skipped"] += 1
-        return wds.handlers.warn_and_continue(exn)
+        if isinstance(exn, SampleError):
+            self.c["skipped"] += 1
+            self.c[f"skipped/{exn.reason}"] += 1
+            warnings.warn(f"data card '{card}': skipped a sample ({exn.reason}): {exn}", stacklevel=2)
+            return True
+        shard = _shard_of(exn)
+        if shard is not None and (card, shard) in self.failed:
+            return True  # the same broken shard again: counted and said once
+        self.failed.add((card, shard))
+        self.c["shards_failed"] += 1
+        self.c[f"shards_failed:{card}"] += 1
+        first = str(exn.args[0]).split(" @ ")[0] if exn.args else str(exn)
+        warnings.warn(f"data card '{card}': shard {shard or '?'} failed ({type(exn).__name__}: {first}); the rest of "
+                      f"that shard is skipped (counted in data/shards_failed)", stacklevel=2)
+        if self.c[f"shards_failed:{card}"] >= max_empty_shards and self.c[f"source:{card}"] == 0:
+            raise DataError(f"data card '{card}': its first {self.c[f'shards_failed:{card}']} shard attempts gave no "
+                            f"readable sample (last: {shard}); check the shards with `xr0 data inspect {card}`")
+        return True
 
     def snapshot(self) -> dict[str, int]:
         info = torch.utils.data.get_worker_info()
@@ -65,14 +111,26 @@ class RobotTransform:
     def __call__(self, s: dict[str, Any]) -> dict[str, Any]:
         c, proc = self.card, self.processor
         emb = proc.embodiment
-        meta = _json(s[c.key("meta")])
-        state = _npy(s[c.key("state")]).astype(np.float32).reshape(-1)
-        future = _npy(s[c.key("actions")]).astype(np.float32)
-        if len(future) == 0 or state.shape[0] != emb.state_dim or future.ndim != 2 or future.shape[1] != emb.action_dim \
-                or not np.all(np.isfinite(future)):
-            raise ValueError(f"{s.get('__key__')}: bad state {state.shape} / actions {future.shape} for '{emb.name}'")
-        frames = {cam: (decode_image(s[c.key(cam)]) if c.key(cam) in s else None) for cam in proc.cameras}
-        sample = proc.observation({"state": state, "images": frames, "prompt": str(meta.get(c.instruction_field, ""))})
+        where = f"{s.get('__key__')} in {s.get('__url__')}"
+        try:
+            meta = _json(s[c.key("meta")])
+            state = _npy(s[c.key("state")]).astype(np.float32)
+            future = _npy(s[c.key("actions")]).astype(np.float32)
+        except (KeyError, ValueError, OSError) as exc:
+            raise SampleError("unreadable", f"{where}: {type(exc).__name__}: {exc}") from exc
+        if state.shape != (emb.state_dim,) or future.ndim != 2 or future.shape[1] != emb.action_dim or not len(future):
+            raise SampleError("bad_shape", f"{where}: state {state.shape} / actions {future.shape}; '{emb.name}' has "
+                                           f"({emb.state_dim},) / (n, {emb.action_dim}) (never reshaped)")
+        if not (np.all(np.isfinite(state)) and np.all(np.isfinite(future))):
+            raise SampleError("non_finite", f"{where}: NaN or inf in the state or the actions")
+        try:
+            frames = {cam: (decode_image(s[c.key(cam)]) if c.key(cam) in s else None) for cam in proc.cameras}
+            sample = proc.observation({"state": state, "images": frames,
+                                       "prompt": str(meta.get(c.instruction_field, ""))})
+        except ObservationError as exc:
+            raise SampleError("bad_observation", f"{where}: {exc}") from exc
+        except OSError as exc:
+            raise SampleError("bad_image", f"{where}: {exc}") from exc
         sample["actions"], sample["chunk_mask"] = proc.actions(future, state)
         self.counts.c["robot"] += 1
         self.counts.c[f"source:{c.name}"] += 1
@@ -87,11 +145,14 @@ class VLTransform:
         self.card, self.image, self.views, self.counts = card, image, views, counts
 
     def __call__(self, s: dict[str, Any]) -> dict[str, Any]:
-        meta = _json(s[self.card.key("json")])
+        try:
+            meta = _json(s[self.card.key("json")])
+        except (KeyError, ValueError) as exc:
+            raise SampleError("unreadable", f"{s.get('__key__')}: {type(exc).__name__}: {exc}") from exc
         if "conversations" in meta:
             turns = meta["conversations"]
             if not turns or turns[-1].get("from") not in ("gpt", "assistant"):
-                raise ValueError(f"{s.get('__key__')}: conversation must end with an assistant turn")
+                raise SampleError("bad_conversation", f"{s.get('__key__')}: conversation must end with an assistant turn")
             answer = turns[-1]["value"]
             prompt = "\n".join(t["value"] for t in turns[:-1])
         else:
@@ -104,7 +165,7 @@ class VLTransform:
         image_mask = np.zeros(self.views, bool)
         for v, img in fitted.items():
             if img.shape[:2] != (h, w):
-                raise ValueError(f"{s.get('__key__')}: its images resize to different sizes")
+                raise SampleError("bad_image", f"{s.get('__key__')}: its images resize to different sizes")
             images[v], image_mask[v] = img, True
         self.counts.c["vl"] += 1
         self.counts.c[f"source:{self.card.name}"] += 1
@@ -113,14 +174,17 @@ class VLTransform:
 
 def card_stream(card: DataCard, transform, counts: Counts, shuffle_buffer: int, shard_shuffle: int, seed: int):
     """One card's WebDataset pipeline (each rank and worker gets its own shards)."""
+    import functools
+
     import webdataset as wds
 
-    ds = wds.WebDataset(card.urls, handler=counts.handler, shardshuffle=shard_shuffle or False,
+    handler = functools.partial(counts.handler, card=card.name)
+    ds = wds.WebDataset(card.urls, handler=handler, shardshuffle=shard_shuffle or False,
                         nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
                         empty_check=False, seed=seed)
     if shuffle_buffer > 0:
         ds = ds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100))
-    return ds.map(transform, handler=counts.handler)
+    return ds.map(transform, handler=handler)
 
 
 class Batcher:

@@ -35,12 +35,24 @@ def compute_stats(ref: str, reservoir: int = 4096, write: bool = True, progress:
     emb = embodiments.get(card.embodiment)
     acc = StatsAccumulator(card.chunk, emb.action_mask(), reservoir)
     keys = {card.key("state"), card.key("actions")}
+    skipped = 0
     for s in tqdm(_raw_samples(card, keys), desc=f"stats {card.name}", unit="sample", total=card.num_samples,
                   disable=not progress):
-        state = np.load(io.BytesIO(s[card.key("state")])).astype(np.float32).reshape(-1)
-        future = np.load(io.BytesIO(s[card.key("actions")])).astype(np.float32).reshape(-1, emb.action_dim)
+        state = np.load(io.BytesIO(s[card.key("state")])).astype(np.float32)
+        future = np.load(io.BytesIO(s[card.key("actions")])).astype(np.float32)
+        if state.shape != (emb.state_dim,) or future.ndim != 2 or future.shape[1] != emb.action_dim \
+                or not (np.all(np.isfinite(state)) and np.all(np.isfinite(future))):
+            skipped += 1  # what the reader skips too: never reshaped, never averaged in
+            continue
         rel, valid = canonical_chunk(emb, future, state, card.chunk)
         acc.add(emb.to_canonical(state, "state"), rel, valid)
+    if acc.state.n == 0:
+        raise ValueError(f"data card '{card.name}': no usable sample ({skipped} with NaN/inf or the wrong shape)")
+    if skipped:
+        import warnings
+
+        warnings.warn(f"data card '{card.name}': {skipped} samples with NaN/inf or the wrong shape were left out of "
+                      f"the statistics (the reader skips them too)", stacklevel=2)
     stats = acc.result()
     if write:
         if not card.stats_path or not card.is_local:

@@ -67,6 +67,10 @@ def _check_episode(i: int, ep: dict[str, Any], emb, cameras: tuple[str, ...]) ->
         raise ValueError(f"episode {i}: actions shape {actions.shape}; embodiment '{emb.name}' needs (N, {emb.action_dim})")
     if state.ndim != 2 or state.shape != (n, emb.state_dim):
         raise ValueError(f"episode {i}: state shape {state.shape}; embodiment '{emb.name}' needs ({n}, {emb.state_dim})")
+    for name, arr in (("state", state), ("actions", actions)):
+        if not np.all(np.isfinite(arr)):
+            t = int(np.argwhere(~np.isfinite(arr))[0][0])
+            raise ValueError(f"episode {i}: {name} has NaN or inf (first at step {t}); fix or drop those steps")
     for cam, frames in ep["images"].items():
         if cam not in cameras:
             raise ValueError(f"episode {i}: camera '{cam}' is not one of {list(cameras)}")
