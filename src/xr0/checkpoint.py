@@ -101,6 +101,11 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> L
                          f"metadata); cannot rebuild the model without the recipe")
     stage_tree = _export_paths(dict(recipe["stage"]), Path(path) if Path(path).is_dir() else None)
     stage_tree["init_from"] = None  # the weights come from this checkpoint, not from the earlier stage
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointMismatch(f"{path}: {len(broken)} weight tensors hold NaN or inf (first: {broken[0]}); this "
+                                 f"model would answer NaN — load an earlier checkpoint")
+    check_shapes(stage_tree, weights, path)  # before anything is allocated: a recipe may declare any size
     module = config.build(stage_tree, "stage")
     # checkpoints name parts `policy.backbone.*` (stages 2/3) or `backbone.*` (stage 1, release imports)
     by_canonical = {_canonical(k): v for k, v in weights.items()}
@@ -123,6 +128,26 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> L
         _check_backbone_spec(path, processor, getattr(policy, "backbone", None))
     return LoadedPolicy(policy=policy, recipe=recipe, embodiment=meta.get("xr0_embodiment"),
                         stats=meta.get("xr0_stats"), stage=meta.get("xr0_stage"), processor=processor)
+
+
+def check_shapes(stage_tree: dict[str, Any], weights: dict[str, torch.Tensor], path: Any) -> None:
+    """Build the stage's head (and a backbone defined by its config alone) on the meta device — no memory — and
+    compare every parameter shape with the weight file, so a metadata file declaring a 16384-wide head is refused
+    before 3.6 GB are allocated for it. A `pretrained` backbone's sizes come from its own folder: skipped here."""
+    from xr0 import config
+
+    given = {_canonical(k): tuple(v.shape) for k, v in weights.items()}
+    for part in ("backbone", "head"):
+        node = stage_tree.get(part)
+        if not isinstance(node, dict) or node.get("pretrained"):
+            continue
+        with torch.device("meta"):
+            probe = config.build(node, part)
+        own = {f"{part}.{_canonical(k)}": tuple(v.shape) for k, v in probe.state_dict().items()}
+        bad = [f"{k}: recipe {own[k]} vs weights {given[k]}" for k in own if k in given and own[k] != given[k]]
+        if bad:
+            raise CheckpointMismatch(f"{path}: its recipe's {part} does not fit its weights ({len(bad)} tensors), e.g. "
+                                     + "; ".join(bad[:3]) + " — the metadata and the weight file disagree")
 
 
 def _export_paths(node: Any, export_dir: Path | None) -> Any:

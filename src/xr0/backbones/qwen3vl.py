@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ IGNORE = -100
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
 DTYPES = ("float32", "bfloat16", "float16")
+VISION_TABLES = 16  # image layouts whose vision tables are kept (least recently used dropped)
 
 
 class _PrefillCache(DynamicCache):
@@ -134,7 +136,7 @@ class Qwen3VLBackbone(nn.Module):
         self.pixels = (pre.get("min_pixels", MIN_PIXELS), pre.get("max_pixels", MAX_PIXELS))
         self.resample = pre.get("resample", "bicubic")
         self.max_text_tokens = max_text_tokens
-        self._vision_tables: dict[tuple, tuple[Tensor, ...]] = {}
+        self._vision_tables: OrderedDict[tuple, tuple[Tensor, ...]] = OrderedDict()  # LRU, VISION_TABLES entries
         self.frozen = freeze
         if gradient_checkpointing:
             enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
@@ -319,6 +321,9 @@ class Qwen3VLBackbone(nn.Module):
         key = (inputs["image_layout"], inputs["pixel_values"].device)
         if key not in self._vision_tables:
             self._vision_tables[key] = vision_tables(self.hf.model.visual, inputs["image_grid_thw"])
+            while len(self._vision_tables) > VISION_TABLES:  # a client cannot grow a server's memory with sizes
+                self._vision_tables.popitem(last=False)
+        self._vision_tables.move_to_end(key)
         return self._vision_tables[key]
 
     def _images(self, inputs: dict[str, Any]) -> dict[str, Any]:
