@@ -389,9 +389,18 @@ class Processor:
     def _to_absolute(self, delta: np.ndarray, raw_state: np.ndarray) -> np.ndarray:
         return self.embodiment.to_absolute(delta.astype(np.float32), np.asarray(raw_state, np.float32))
 
-    def decode(self, x: Any, raw_state: np.ndarray, frame: str | None = None) -> tuple[np.ndarray, int]:
+    def raw_from_model_state(self, state: np.ndarray) -> np.ndarray:
+        """A model state (32,) → the raw state (S,) in robot units (for plots of training batches)."""
+        s = np.asarray(state, np.float32)
+        if self.state_mean is not None:
+            s = s * self.state_std + self.state_mean
+        return self.embodiment.from_canonical(s, "state")
+
+    def decode(self, x: Any, raw_state: np.ndarray, frame: str | None = None, clip: bool = True
+               ) -> tuple[np.ndarray, int]:
         """Model chunk (T, 32) normalised → robot actions (T, A) in `frame` (absolute targets by default), clipped to
-        the embodiment's limits; returns (actions, number of clipped values). Non-finite output raises OutputError."""
+        the embodiment's limits; returns (actions, number of clipped values). Non-finite output raises OutputError.
+        clip=False (plots only) returns what the model said."""
         emb, frame = self.embodiment, frame or self.frame
         if frame not in FRAMES:
             raise ObservationError(f"action_frame {frame!r}: use one of {list(FRAMES)}")
@@ -403,7 +412,7 @@ class Processor:
         if not np.all(np.isfinite(absolute)):
             raise OutputError(f"the model returned {int(np.sum(~np.isfinite(absolute)))} non-finite action values")
         low, high = np.asarray(emb.action_low), np.asarray(emb.action_high)
-        clipped = np.clip(absolute, low, high)
+        clipped = np.clip(absolute, low, high) if clip else absolute
         tol = 1e-6 * np.maximum(high - low, 1.0)  # float rounding at a limit is not a clip worth reporting
         n_clipped = int(np.sum((absolute < low - tol) | (absolute > high + tol)))
         if frame == "delta":

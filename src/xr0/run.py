@@ -66,6 +66,10 @@ def build_trainer(tree: dict[str, Any], module: Any, out: Path, callbacks: list 
                           save_last=True),
         NonFiniteGuard(run.max_nonfinite_steps),
     ]
+    if kwargs.get("enable_progress_bar", True):  # a bar over steps (Lightning's counts epochs of a stream)
+        from xr0.progress import StepProgress
+
+        callbacks.append(StepProgress())
     logger = TensorBoardLogger(str(out), name="tb", default_hp_metric=False) if run.tensorboard else False
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -100,6 +104,12 @@ def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = No
     trainer = build_trainer(tree, module, out, callbacks)
     if trainer.is_global_zero:
         print(f"[xr0] {global_batch(getattr(datamodule, 'batch_size', None), trainer)}")
+    from xr0.progress import quiet, summary
+
+    quiet(module)
+    t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    print(f"[xr0] done: checkpoints in {out / 'checkpoints'}, TensorBoard: tensorboard --logdir {out / 'tb'}")
+    if trainer.is_global_zero:
+        print(summary(trainer, time.perf_counter() - t0, out / "checkpoints" / "last.ckpt")
+              + f"; TensorBoard: tensorboard --logdir {out / 'tb'}")
     return out

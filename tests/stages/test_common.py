@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from xr0.checkpoint import CheckpointMismatch, init_from
-from xr0.stages.common import OptimConfig, chunk_figure, configure_optimizers, freeze, lr_factor
+from xr0.stages.common import OptimConfig, configure_optimizers, freeze, lr_factor
 
 
 def test_lr_factor_warmup_then_cosine():
@@ -43,13 +43,6 @@ def test_optimizer_holds_only_trainable_params_and_backbone_lr():
 def test_optimizer_needs_a_schedule_length():
     with pytest.raises(ValueError, match="total_steps"):
         configure_optimizers(Two(), OptimConfig())
-
-
-def test_chunk_figure_draws_valid_dims():
-    mask = torch.zeros(32, dtype=torch.bool)
-    mask[[0, 5]] = True
-    fig = chunk_figure(torch.randn(6, 32), torch.randn(6, 32), mask, prefix_len=2)
-    assert [ax.get_title() for ax in fig.axes] == ["dim 0", "dim 5"]
 
 
 def test_init_from_lists_first_mismatching_keys(tmp_path):

@@ -1,5 +1,5 @@
 """Plain functions the three stages share (no base class): optimiser + schedule, checkpoint metadata,
-freezing, and the predicted-vs-true chunk figure for TensorBoard."""
+freezing, logging (the predicted-vs-true chunk figure is in xr0.plots)."""
 from __future__ import annotations
 
 import math
@@ -151,51 +151,6 @@ def load_metadata(module: Any, checkpoint: dict[str, Any]) -> None:
             setattr(module, key, checkpoint[key])
 
 
-# ---------------------------------------------------------------- TensorBoard figure
-def chunk_figure(pred: Tensor, true: Tensor, action_mask: Tensor | None = None, max_dims: int = 4,
-                 prefix_len: int = 0):
-    """Predicted vs true action chunk for one sample: pred/true (T, D) -> a matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    pred, true = pred.detach().float().cpu(), true.detach().float().cpu()  # (T, D)
-    if action_mask is not None and action_mask.ndim == 2:  # per chunk step (T, D): a dim valid at any step
-        action_mask = action_mask.any(0)
-    dims = torch.arange(true.shape[-1]) if action_mask is None else action_mask.detach().cpu().nonzero().flatten()
-    dims = dims[:max_dims].tolist()
-    fig, axes = plt.subplots(1, max(len(dims), 1), figsize=(3 * max(len(dims), 1), 2.5), squeeze=False)
-    steps = range(true.shape[0])
-    for ax, d in zip(axes[0], dims):
-        ax.plot(steps, true[:, d], "k-", label="true")
-        ax.plot(steps, pred[:, d], "r--", label="predicted")
-        if prefix_len > 0:
-            ax.axvspan(-0.5, prefix_len - 0.5, color="0.85", label="prefix")
-        ax.set_title(f"dim {d}")
-        ax.set_xlabel("chunk step")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def log_chunk_figure(module: Any, tag: str, pred: Tensor, true: Tensor, action_mask: Tensor | None,
-                     every_n_steps: int, prefix_len: int = 0) -> bool:
-    """Add the figure of sample 0 to TensorBoard every `every_n_steps` steps; returns whether it logged."""
-    if every_n_steps <= 0 or module.global_step % every_n_steps != 0:
-        return False
-    logger = getattr(module, "logger", None)
-    writer = getattr(logger, "experiment", None) if logger is not None else None
-    if writer is None or not hasattr(writer, "add_figure"):
-        return False
-    import matplotlib.pyplot as plt
-
-    fig = chunk_figure(pred[0], true[0], None if action_mask is None else action_mask[0], prefix_len=prefix_len)
-    writer.add_figure(tag, fig, global_step=module.global_step)
-    plt.close(fig)
-    return True
-
-
 def batch_size_of(batch: dict[str, Any]) -> int:
     for key in ("actions", "images", "state"):
         if torch.is_tensor(batch.get(key)):
@@ -215,16 +170,3 @@ def log_flow_terms(module: Any, out: dict[str, Tensor], tag: str, batch_size: in
     scalars.pop(f"{tag}/loss", None)
     if scalars:
         module.log_dict(scalars, batch_size=batch_size)
-
-
-def plot_policy_chunk(module: Any, policy: Any, batch: dict[str, Any], every_n_steps: int, steps: int,
-                      prefix_len: Tensor | None = None) -> bool:
-    """Every N steps: a no-grad 5-step generation for the batch, plotted against the true chunk."""
-    if every_n_steps <= 0 or module.global_step % every_n_steps != 0 or not module.logger:
-        return False
-    p = int(prefix_len[0]) if prefix_len is not None else 0
-    with torch.no_grad():
-        prefix = batch["actions"][:, :p] if p > 0 else None  # (B, P, 32): sample 0's Δt_c for all
-        pred = policy.predict_chunk(batch, prefix=prefix, steps=steps)  # (B, T, 32)
-    return log_chunk_figure(module, "train/chunk", pred, batch["actions"], batch.get("action_mask"),
-                            every_n_steps, prefix_len=p)

@@ -16,9 +16,16 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from xr0.plots import log_chunk_figure
 from xr0.registry import STAGES
-from xr0.stages.common import (OptimConfig, batch_size_of, clip_gradients, configure_optimizers, load_metadata,
-                               log_chunk_figure, save_metadata)
+from xr0.stages.common import (
+    OptimConfig,
+    batch_size_of,
+    clip_gradients,
+    configure_optimizers,
+    load_metadata,
+    save_metadata,
+)
 
 KV_LAYERS = 1  # stage 1 reads only the appended tokens' outputs; the KV of one layer is the cheapest ask
 
@@ -121,8 +128,7 @@ class VLMCoTrain(L.LightningModule):
         self.log_dict({f"{tag}/{k}": m[k] for k in ("l1_chosen", "l1_best", "rank_accuracy")}, batch_size=bs)
         if tag == "train":
             chosen = self.head.select(cand.detach(), scores.detach())  # (B, T, D)
-            if log_chunk_figure(self, "train/chunk", chosen, batch["actions"], batch["action_mask"],
-                                self.plot_every_n_steps):
+            if log_chunk_figure(self, "train/chunk", chosen, batch["actions"], batch, self.plot_every_n_steps):
                 winners = m["winners"].compute().reshape(-1)  # (samples,) best-candidate indices
                 self.logger.experiment.add_histogram("train/winner", winners, global_step=self.global_step,
                                                      bins=self.head.num_candidates)
