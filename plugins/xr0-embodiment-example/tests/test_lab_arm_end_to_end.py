@@ -116,3 +116,20 @@ def test_native_sizes_and_a_missing_camera_give_a_chunk_in_robot_units(checkpoin
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_deploy_simulate_takes_the_checkpoints_embodiment(checkpoint, tmp_path, capsys):
+    from xr0_deploy.sim import read_trace, read_trace_meta
+
+    from xr0.cli import main
+
+    trace = tmp_path / "lab.jsonl"
+    assert main(["deploy", "simulate", "--policy", str(checkpoint), "--latency-steps", "2", "--ticks", "24",
+                 "--exec-steps", "2", "--prefix", "2", "--trace", str(trace), "--drop-camera", "wrist:3"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"lab_arm at 15 Hz: 24 ticks, (\d+) actions, held (\d+)", out)
+    assert m and int(m.group(1)) >= 20 and int(m.group(1)) + int(m.group(2)) == 24, out
+    rows = [r for r in read_trace(trace) if r["action"] is not None]
+    acts = np.array([r["action"] for r in rows])
+    assert acts.shape[1] == 7 and np.all(acts[:, 6] >= 0) and np.all(acts[:, 6] <= 1)  # the gripper's own range
+    assert read_trace_meta(trace)["action_names"][:2] == ["shoulder_pan", "shoulder_lift"]
