@@ -127,5 +127,6 @@ EMBODIMENTS = Registry("embodiment", "xr0.embodiments")
 STAGES = Registry("stage", "xr0.stages")
 DATASETS = Registry("dataset", "xr0.data")
 COMMANDS = Registry("command", "xr0.commands")
+ROBOTS = Registry("robot")  # robot drivers (the xr0_deploy.protocol.Robot protocol), from plugins; none built in
 
-ALL = {r.kind: r for r in (BACKBONES, HEADS, MASKS, SAMPLERS, EMBODIMENTS, STAGES, DATASETS, COMMANDS)}
+ALL = {r.kind: r for r in (BACKBONES, HEADS, MASKS, SAMPLERS, EMBODIMENTS, STAGES, DATASETS, COMMANDS, ROBOTS)}

@@ -48,3 +48,13 @@ def test_cli_plugins_and_ls_list_the_example():
     assert "xr0-embodiment-example" in out.stdout
     out = subprocess.run([sys.executable, "-m", "xr0.cli", "ls", "embodiment"], capture_output=True, text=True, check=True)
     assert "xr0-embodiment-example" in out.stdout
+
+
+def test_ls_lists_robot_drivers_and_takes_plurals(capsys):
+    from xr0.cli import main
+
+    assert main(["ls", "robots"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("robots:") and "sim_arm" in out and "xr0-deploy" in out
+    assert main(["ls", "heads"]) == 0 and "dit" in capsys.readouterr().out
+    assert main(["ls", "head"]) == 0 and "choice_policy" in capsys.readouterr().out

@@ -52,7 +52,8 @@ class Ls:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("registry", nargs="?", choices=sorted(ALL), help="one registry (default: all)")
+        p.add_argument("registry", nargs="?", type=lambda s: s[:-1] if s.endswith("s") and s[:-1] in ALL else s,
+                       choices=sorted(ALL), help="one registry, singular or plural (default: all)")
 
     @staticmethod
     def run(args):

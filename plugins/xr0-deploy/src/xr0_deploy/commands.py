@@ -7,10 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from xr0.registry import COMMANDS, Registry
-
-# Robot drivers come from embodiment plugins (robot SDKs stay out of training environments).
-ROBOTS = Registry("robot")
+from xr0.registry import COMMANDS, ROBOTS  # robot drivers come from plugins (robot SDKs stay out of training)
 
 
 @ROBOTS.register("sim_arm")
