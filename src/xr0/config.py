@@ -209,9 +209,9 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         fields = {f.name: f for f in dataclasses.fields(RunConfig)}
         problems += _check_keys("run", tree["run"] or {}, fields, set(), "run")
     if not problems:  # rules across components, once each component is well-formed
-        from xr0.processor import recipe_problems
+        from xr0.recipe_rules import cross_checks
 
-        problems += recipe_problems(tree)
+        problems += cross_checks(tree)
     if problems:
         raise RecipeError("recipe is invalid:\n  - " + "\n  - ".join(problems))
     return tree
