@@ -22,7 +22,7 @@ TINY_RECIPES = [p for p in RECIPES if p.parent.name == "tiny"]
 NEEDS_INPUT = {p for p in RECIPES if "???" in p.read_text() or "_release" in p.read_text()}
 STOCK = [p for p in RECIPES if p not in TINY_RECIPES and p not in NEEDS_INPUT]
 
-TINY_DATA = "{name: synthetic, chunk: 4, batch_size: 2}"
+TINY_DATA = "{name: synthetic, chunk: '${_chunk}', batch_size: 2}"  # the recipe's own chunk length
 TINY_VLM = "{name: qwen3vl, tiny: {}}"
 SYNTHETIC = [f"_tiny_data={TINY_DATA}", "data=${_tiny_data}"]  # replaces the data node (a dict would merge)
 
