@@ -235,7 +235,7 @@ def build(node: Any, key: str = "") -> Any:
 
 
 def save_resolved(tree: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(tree)))
-    tmp.replace(path)
+    from xr0.fault import atomic_write
+
+    text = OmegaConf.to_yaml(OmegaConf.create(tree)).encode()
+    atomic_write(path, lambda f: f.write(text))

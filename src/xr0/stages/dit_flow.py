@@ -14,12 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from xr0.registry import STAGES
+from xr0.strategies import ShardedStage
 from xr0.stages.common import (OptimConfig, batch_size_of, clip_gradients, configure_optimizers, freeze, load_metadata,
                                log_flow_terms, plot_policy_chunk, save_metadata)
 
 
 @STAGES.register("dit_flow")
-class DiTFlow(L.LightningModule):
+class DiTFlow(ShardedStage, L.LightningModule):
     """Stage 2: DiT flow matching on a frozen VLM's KV cache (beta τ, causal mask, training_repeat k)."""
 
     def __init__(

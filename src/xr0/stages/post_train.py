@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from xr0.registry import STAGES
+from xr0.strategies import ShardedStage
 from xr0.stages.common import (OptimConfig, batch_size_of, clip_gradients, configure_optimizers, freeze, load_metadata,
                                log_flow_terms, plot_policy_chunk, save_metadata)
 
@@ -22,7 +23,7 @@ MODES = ("sync", "async")
 
 
 @STAGES.register("post_train")
-class PostTrain(L.LightningModule):
+class PostTrain(ShardedStage, L.LightningModule):
     """Stage 3: post-training, sync (VLM+DiT or LoRA) or async (clean Δt_c prefix, Λ mask, re-weighting)."""
 
     def __init__(

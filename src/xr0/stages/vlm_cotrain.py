@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from xr0.registry import STAGES
+from xr0.strategies import ShardedStage
 from xr0.stages.common import (OptimConfig, batch_size_of, clip_gradients, configure_optimizers, load_metadata,
                                log_chunk_figure, save_metadata)
 
@@ -63,7 +64,7 @@ def stage1_metrics(num_candidates: int) -> nn.ModuleDict:
 
 
 @STAGES.register("vlm_cotrain")
-class VLMCoTrain(L.LightningModule):
+class VLMCoTrain(ShardedStage, L.LightningModule):
     """Stage 1: choice-policy VLM co-training on robot + vision-language batches (N candidates, WTA L1)."""
 
     def __init__(
