@@ -50,22 +50,30 @@ class ShardedStage:
             shard_fsdp2(self, self.device_mesh["data_parallel"])
 
 
-def shard_fsdp2(module: Any, mesh: Any) -> None:
-    """One FSDP2 unit per trainable block the model declares (`fsdp_wrap_modules`), then the module itself.
+# Declared blocks the model runs through their parts rather than their forward(): a unit of their own would never
+# be gathered, so they stay in the root unit (gathered for the whole step). xr0's batched vision path
+# (`xr0.backbones.qwen3vl_static.encode_images`) calls each vision block's norm/attention/MLP directly.
+RUN_BY_PARTS = ("Qwen3VLVisionBlock",)
 
-    Frozen blocks stay in the root unit: stage 2's frozen VLM runs its vision blocks through their parts, not
-    their forward(), so a unit of their own would never be gathered; frozen weights get no gradients, so they
-    cost memory only while a step runs. The root unit gathers around training/validation steps, because the
-    stages call their parts' own methods (context, flow_loss) rather than forward().
+
+def shard_fsdp2(module: Any, mesh: Any) -> None:
+    """One FSDP2 unit per block the model declares (`fsdp_wrap_modules`), then the module itself as the root
+    unit, which gathers around the training/validation steps because the stages call their parts' own methods
+    (context, flow_loss) rather than forward().
+
+    Block units keep their weights gathered from forward to backward (`reshard_after_forward=False`, ZeRO-2 for
+    the blocks): the DiT reads the VLM's K/V out of the HF cache, a side channel FSDP2's backward hooks do not
+    see, so resharded decoder layers would be freed before their gradients are computed. On the tiny stage 3
+    this trains to the same parameters as DDP.
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
     if isinstance(module, FSDPModule):  # configure_model runs again for validate/test after fit
         return
-    wrap = tuple(wrap_modules(module))
+    wrap = tuple(t for t in wrap_modules(module) if t.__name__ not in RUN_BY_PARTS)
     for sub in list(module.modules()):
-        if sub is not module and wrap and isinstance(sub, wrap) and any(p.requires_grad for p in sub.parameters()):
-            fully_shard(sub, mesh=mesh)
+        if sub is not module and wrap and isinstance(sub, wrap):
+            fully_shard(sub, mesh=mesh, reshard_after_forward=False)
     fully_shard(module, mesh=mesh)
     for name in ("training_step", "validation_step"):
         register_fsdp_forward_method(module, name)

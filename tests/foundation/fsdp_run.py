@@ -1,6 +1,6 @@
-"""Run by test_fsdp.py: a tiny stage 2 trained by 2 FSDP2 processes over gloo on CPU (Lightning re-launches this
-script for rank 1). Each rank writes the step it started and ended at, a checksum of the full parameters (gathered
-from the shards) and of its own shards. argv: OUT RUN_DIR [RESUME_CKPT]."""
+"""Run by test_ddp.py: a tiny stage 2 trained by 2 processes over gloo on CPU, FSDP2 or DDP (Lightning re-launches
+this script for rank 1). Each rank writes the step it started and ended at, the samples it read, checksums of the
+full parameters (gathered from the shards) and of its own shards. argv: OUT RUN_DIR STRATEGY [RESUME_CKPT]."""
 import json
 import sys
 from pathlib import Path
@@ -52,12 +52,12 @@ class Record(L.Callback):
 
 
 if __name__ == "__main__":
-    out, run_dir = Path(sys.argv[1]), sys.argv[2]
-    resume = sys.argv[3] if len(sys.argv) > 3 else None
+    out, run_dir, strategy = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    resume = sys.argv[4] if len(sys.argv) > 4 else None
     recipe = Path(__file__).parents[2] / "recipes" / "tiny" / "stage2.yaml"
     # 8 samples / (2 ranks x batch 2) = 2 steps an epoch: the step-2 checkpoint closes epoch 0
     fit(str(recipe), ["stage.init_from=null", f"run.out_dir={run_dir}", "trainer.max_steps=4",
-                      "trainer.strategy=fsdp", "trainer.devices=2", "trainer.accelerator=cpu",
+                      f"trainer.strategy={strategy}", "trainer.devices=2", "trainer.accelerator=cpu",
                       "run.tensorboard=false", "data.num_samples=8", "data.batch_size=2",
                       "run.checkpoint_every_n_steps=2", "run.keep_last_k=2"],
         resume=resume, callbacks=[Record(out)])
