@@ -44,6 +44,9 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantile", type=float, default=0.9)
     p.add_argument("--adapt-prefix", action="store_true", help="grow Δt_c to the measured latency")
     p.add_argument("--max-guidance", type=float, default=5.0, help="rtc: β")
+    p.add_argument("--retry-max-ticks", type=int, default=30,
+                   help="after failed inferences (server lost) wait up to this many ticks between retries "
+                        "(exponential from 1, jittered)")
     p.add_argument("--dof", type=int, default=7, help="simulated arm joints")
     p.add_argument("--max-delta", type=float, default=None, help="per-tick action change bound")
     p.add_argument("--prompt", default="")
@@ -67,7 +70,8 @@ def _executor_config(args):
 
     return ExecutorConfig(mode=args.mode, exec_steps=args.exec_steps, prefix_steps=args.prefix,
                          estimator=args.estimator, window=args.window, quantile=args.quantile,
-                         adapt_prefix=args.adapt_prefix, max_guidance=args.max_guidance)
+                         adapt_prefix=args.adapt_prefix, max_guidance=args.max_guidance,
+                         retry_max_ticks=args.retry_max_ticks)
 
 
 @COMMANDS.register("deploy")
@@ -113,7 +117,9 @@ class Deploy:
             path = write_trace(ex.trace, args.trace)
             held = sum(r["held"] for r in ex.trace)
             ev = ", ".join(f"{k}={v}" for k, v in sorted(ex.events.counts.items())) or "none"
-            print(f"{len(ex.trace)} ticks, {len(ex.trace) - held} actions, {held} held; events: {ev}")
+            why = ", ".join(f"{k}={v}" for k, v in sorted(ex.hold_reasons.items()))
+            print(f"{len(ex.trace)} ticks, {len(ex.trace) - held} actions, {held} held"
+                  f"{f' ({why})' if why else ''}; events: {ev}")
             print(f"trace -> {path}")
             return 0
         from xr0_deploy.runtime import RealTimeRunner
