@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("xr0: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI boundary: nothing reaches the user as a raw traceback
+    except Exception as exc:  # the CLI boundary: nothing reaches the user as a raw traceback
         if debug:
             raise
         print(f"xr0: error: {one_line(exc)} (--debug for the traceback)", file=sys.stderr)

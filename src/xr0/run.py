@@ -110,7 +110,6 @@ def build_trainer(tree: dict[str, Any], module: Any, out: Path, callbacks: list 
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
-
     from lightning.pytorch.plugins.io import CheckpointIO
 
     from xr0.fault import AtomicCheckpointIO, NonFiniteGuard, RollingCheckpoint
@@ -152,6 +151,7 @@ def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = No
     rank0 = is_rank_zero()
     out = _run_dir(run, resume)
     lock = lock_run_dir(out) if rank0 else None
+    before = os.environ.get(RUN_DIR_ENV)
     try:
         ckpts = out / "checkpoints"
         if rank0:
@@ -179,5 +179,9 @@ def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = No
     finally:
         if lock is not None:
             lock.close()  # releases the flock
+            if before is None:
+                os.environ.pop(RUN_DIR_ENV, None)
+            else:
+                os.environ[RUN_DIR_ENV] = before
     print(f"[xr0] done: checkpoints in {out / 'checkpoints'}, TensorBoard: tensorboard --logdir {out / 'tb'}")
     return out

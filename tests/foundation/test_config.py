@@ -1,7 +1,7 @@
 """Recipe loading, inheritance, overrides and validation messages (each names the bad key)."""
 import textwrap
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 

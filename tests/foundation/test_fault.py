@@ -6,8 +6,16 @@ import lightning as L
 import pytest
 import torch
 
-from xr0.fault import (LEDGER, AtomicCheckpointIO, NonFiniteError, atomic_write, checkpoint_is_readable, clean_stale,
-                       find_resume_checkpoint, recover_last)
+from xr0.fault import (
+    LEDGER,
+    AtomicCheckpointIO,
+    NonFiniteError,
+    atomic_write,
+    checkpoint_is_readable,
+    clean_stale,
+    find_resume_checkpoint,
+    recover_last,
+)
 from xr0.run import build_trainer
 
 

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from xr0.registry import STAGES
-from xr0.strategies import ShardedStage
 from xr0.stages.common import (OptimConfig, batch_size_of, clip_gradients, configure_optimizers, freeze, load_metadata,
                                log_flow_terms, plot_policy_chunk, save_metadata)
+from xr0.strategies import ShardedStage
 
 MODES = ("sync", "async")
 

@@ -17,9 +17,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from xr0.registry import STAGES
-from xr0.strategies import ShardedStage
 from xr0.stages.common import (OptimConfig, batch_size_of, clip_gradients, configure_optimizers, load_metadata,
                                log_chunk_figure, save_metadata)
+from xr0.strategies import ShardedStage
 
 KV_LAYERS = 1  # stage 1 reads only the appended tokens' outputs; the KV of one layer is the cheapest ask
 
