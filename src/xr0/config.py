@@ -3,12 +3,17 @@
 A recipe is OmegaConf YAML. Components are dicts with a `name` key, placed under a *slot* key that
 says which registry they come from (`head: {name: dit, depth: 16}`). Validation walks the whole tree
 and binds every component's kwargs against its builder's signature before any work starts, so every
-mistake is reported with the YAML path of the bad key.
+mistake is reported with the YAML path of the bad key. Values are checked against the builders' annotations
+(int, float, bool, str, Literal, Optional/Union, lists, dicts, dataclass fields), and `trainer:` keys against
+Lightning's Trainer, so `depth: "two"` is caught here rather than as a TypeError minutes into `fit`.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
+import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,11 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 class RecipeError(ValueError):
-    """A recipe problem, with the YAML path of the bad key in the message."""
+    """A recipe problem, with the YAML path of the bad key in the message (`problems`: one line each)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 def slot_registry(key: str) -> R.Registry | None:
@@ -86,17 +95,32 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> DictCon
         path = _resolve_base(base, path)
     merged = OmegaConf.merge(*reversed(chain))
     merged.pop("inherit", None)
-    for item in overrides or []:
+    items = list(overrides or [])
+    for item in items:
         if "=" not in item:
             raise RecipeError(f"override '{item}' is not of the form key.path=value (e.g. trainer.max_steps=10)")
-    for item in overrides or []:
-        try:  # one at a time, so the message names the override that does not fit
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+    if not items:
+        return merged
+    try:  # all at once: merging them one by one re-parents the whole tree each time (quadratic in the count)
+        return OmegaConf.merge(merged, OmegaConf.from_dotlist(items))
+    except (OmegaConfBaseException, ValueError, TypeError):
+        pass
+    # name the override that does not fit: the shortest failing prefix, found by bisection
+    def fails(n: int) -> Exception | None:
+        try:
+            OmegaConf.merge(merged, OmegaConf.from_dotlist(items[:n]))
         except (OmegaConfBaseException, ValueError, TypeError) as exc:
-            key = item.split("=", 1)[0]
-            raise RecipeError(f"{key}: override '{item}' does not fit the recipe ({type(exc).__name__}: {exc}); "
-                              f"e.g. a scalar cannot replace a section, nor a key index a list") from exc
-    return merged
+            return exc
+        return None
+
+    lo, hi = 0, len(items)  # fails(hi) holds, fails(lo) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fails(mid) else (mid, hi)
+    item, exc = items[hi - 1], fails(hi)
+    key = item.split("=", 1)[0]
+    raise RecipeError(f"{key}: override '{item}' does not fit the recipe ({type(exc).__name__}: {exc}); "
+                      f"e.g. a scalar cannot replace a section, nor a key index a list") from exc
 
 
 def resolve(cfg: DictConfig) -> dict[str, Any]:
@@ -127,6 +151,104 @@ def _params(builder: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any],
     return params, hints, var_kw
 
 
+def _name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def type_problem(value: Any, hint: Any) -> str | None:
+    """What `value` (plain YAML data) should have been to fit the annotation `hint`, or None when it fits.
+    Annotations YAML cannot express (classes such as nn.Module, callables) are not checked."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is None or hint is typing.Any or hint is inspect.Parameter.empty or isinstance(hint, typing.TypeVar):
+        return None
+    if origin in (typing.Union, types.UnionType):
+        wanted, allowed = [], []  # Literal members read as one list of allowed values
+        for arg in args:
+            problem = type_problem(value, arg)
+            if problem is None:
+                return None
+            if typing.get_origin(arg) is typing.Literal:
+                allowed += typing.get_args(arg)
+            else:
+                wanted.append(f"({problem})" if " " in problem and len(args) > 1 else problem)
+        if allowed:
+            wanted.insert(0, _name(typing.Literal[tuple(allowed)]))
+        return " or ".join(dict.fromkeys(wanted))
+    if origin is typing.Literal:
+        ok = any(value == a and type(value) is type(a) for a in args)
+        return None if ok else _name(hint)
+    if hint is type(None):
+        return None if value is None else "null"
+    if hint is bool:
+        return None if isinstance(value, bool) else "bool"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "int"
+    if hint is float:
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "float"
+    if hint is str:
+        return None if isinstance(value, str) else "str"
+    if isinstance(hint, type) and issubclass(hint, os.PathLike):
+        return None if isinstance(value, str) else "a path (str)"
+    seq = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
+    if hint in seq or origin in seq:
+        if not isinstance(value, list | tuple):
+            return "a list"
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                return f"a list of {len(args)} items"
+            pairs = zip(value, args)
+        else:
+            pairs = ((v, args[0]) for v in value) if args else ()
+        for i, (v, a) in enumerate(pairs):
+            problem = type_problem(v, a)
+            if problem is not None:
+                return f"a list whose item {i} is {problem}"
+        return None
+    mapping = (dict, collections.abc.Mapping)
+    if hint in mapping or origin in mapping:
+        if not isinstance(value, dict):
+            return "a mapping"
+        for k, v in value.items():
+            problem = type_problem(v, args[1]) if len(args) == 2 else None
+            if problem is not None:
+                return f"a mapping whose '{k}' is {problem}"
+        return None
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return None if isinstance(value, dict) else f"a mapping of {hint.__name__} fields"
+    return None
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _check_types(path: str, given: dict[str, Any], hints: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, value in given.items():
+        if key not in hints or (isinstance(value, dict) and "name" in value and slot_registry(key) is not None):
+            continue  # a component: built from its own kwargs, checked there
+        if isinstance(value, str) and value == "???":
+            continue  # reported as a missing value
+        wanted = type_problem(value, hints[key])
+        if wanted is not None:
+            problems.append(f"{path}.{key}: expected {wanted}, got {_describe(value)}")
+    return problems
+
+
+def _dataclass_hints(dc: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(dc)
+    except Exception:  # unresolvable forward refs: names only
+        return {}
+
+
 def _check_keys(path: str, given: dict[str, Any], params: dict[str, Any], required: set[str], what: str, var_kw=False) -> list[str]:
     problems = []
     for key in given:
@@ -150,6 +272,7 @@ def _check_component(path: str, node: dict[str, Any], reg: R.Registry) -> list[s
     kwargs = {k: v for k, v in node.items() if k != "name"}
     required = {n for n, p in params.items() if p.default is inspect.Parameter.empty}
     problems = _check_keys(path, kwargs, params, required, f"{reg.kind} '{name}'", var_kw)
+    problems += _check_types(path, {k: v for k, v in kwargs.items() if k in params}, hints)
     for key, value in kwargs.items():
         dc = _dataclass_of(hints.get(key))
         if dc is not None and isinstance(value, dict) and "name" not in value:
@@ -157,6 +280,7 @@ def _check_component(path: str, node: dict[str, Any], reg: R.Registry) -> list[s
             req = {f.name for f in fields.values()
                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
             problems += _check_keys(f"{path}.{key}", value, fields, req, dc.__name__)
+            problems += _check_types(f"{path}.{key}", value, _dataclass_hints(dc))
         else:
             problems += _walk(f"{path}.{key}", key, value)
     hook = getattr(builder, "__xr0_validate__", None)  # builder-specific checks (e.g. data cards exist)
@@ -200,20 +324,22 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     if "trainer" in tree:
         import lightning
 
-        params, _, _ = _params(lightning.Trainer)
+        params, hints, _ = _params(lightning.Trainer)
         if isinstance(tree["trainer"], dict):
             problems += _check_keys("trainer", tree["trainer"], params, set(), "lightning.Trainer")
+            problems += _check_types("trainer", tree["trainer"], hints)
     if isinstance(tree.get("run"), dict):
         from xr0.run import RunConfig
 
         fields = {f.name: f for f in dataclasses.fields(RunConfig)}
         problems += _check_keys("run", tree["run"] or {}, fields, set(), "run")
+        problems += _check_types("run", tree["run"] or {}, _dataclass_hints(RunConfig))
     if not problems:  # rules across components, once each component is well-formed
         from xr0.recipe_rules import cross_checks
 
         problems += cross_checks(tree)
     if problems:
-        raise RecipeError("recipe is invalid:\n  - " + "\n  - ".join(problems))
+        raise RecipeError("recipe is invalid:\n  - " + "\n  - ".join(problems), problems)
     return tree
 
 
@@ -239,7 +365,7 @@ def build(node: Any, key: str = "") -> Any:
 
 
 def save_resolved(tree: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(tree)))
-    tmp.replace(path)
+    from xr0.fault import atomic_write
+
+    text = OmegaConf.to_yaml(OmegaConf.create(tree)).encode()
+    atomic_write(path, lambda f: f.write(text))

@@ -1,18 +1,28 @@
-"""Surviving bad steps and bad files: a non-finite guard and a resume that falls back past corrupt checkpoints.
+"""Surviving bad steps and bad files: a non-finite guard, atomic checkpoint writes, and a resume that falls
+back past corrupt checkpoints.
 
-Checkpoint writes themselves are atomic already: Lightning's TorchCheckpointIO saves through an fsspec
-transaction (temporary file, then rename), so a SIGKILL mid-save leaves the previous file intact.
+Lightning's own TorchCheckpointIO saves through an fsspec transaction whose temporary file lives in
+`tempfile.gettempdir()` and is moved with `shutil.move`: with TMPDIR on another filesystem that move is a
+copy into the run folder, and a SIGKILL during it leaves a half-written `*.ckpt`. `AtomicCheckpointIO` writes
+a temporary file beside the destination, fsyncs it and renames it into place (one `os.replace`), so a
+checkpoint name only ever points at a complete file.
 """
 from __future__ import annotations
 
 import math
+import os
 import re
+import secrets
+import shutil
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class NonFiniteError(RuntimeError):
@@ -37,7 +47,9 @@ class NonFiniteGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        finite = all(torch.isfinite(g).all() for g in grads)
+        finite = all(bool(torch.isfinite(_local(g)).all()) for g in grads)
+        # sharded (FSDP) ranks each see a part of the gradients: skip on all of them or on none
+        finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             self.consecutive = 0
             return
@@ -62,6 +74,10 @@ class NonFiniteGuard(L.Callback):
         self.skipped = int(state_dict.get("skipped", 0))
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t  # a DTensor (FSDP2) holds this rank's shard
+
+
 def describe_batch(batch: Any, batch_idx: int) -> str:
     """Where a batch came from, for error messages: its sources/embodiments and index."""
     parts = [f"index {batch_idx}"]
@@ -75,22 +91,131 @@ def describe_batch(batch: Any, batch_idx: int) -> str:
     return ", ".join(parts)
 
 
+# ---------------------------------------------------------------- atomic writes
+TMP_MARK = ".tmp-"  # `.<name>.tmp-<pid>-<hex>`: a write in progress (or killed); removed at the next start
+OLD_MARK = ".old-"  # `.<name>.old-<pid>-<hex>`: a sharded checkpoint being replaced
+CORRUPT_MARK = ".corrupt-"  # `<stem>.corrupt-<time>.ckpt`: an unreadable checkpoint a resume set aside
+LEDGER = ".xr0-owned"  # "<run id> <file name>" per checkpoint a run wrote: rotation touches only its own
+
+
+def _hidden(path: Path, mark: str) -> Path:
+    return path.with_name(f".{path.name}{mark}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a crash of the machine, not only the process, keeps it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file so that `path` is either its old content or the complete new one, never a part: a
+    temporary file in the same folder (same filesystem), fsync, then one `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _hidden(path, TMP_MARK)
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Move a completely written directory `tmp` onto `path`. Directories cannot be swapped in one rename, so
+    the old one is first renamed aside; `clean_stale` puts it back if the process dies in between."""
+    old = None
+    if path.exists():
+        old = _hidden(path, OLD_MARK)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+    if old is not None:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def clean_stale(folder: str | Path) -> list[str]:
+    """Remove what killed writes left in a checkpoint folder (call with the run folder locked). Returns the
+    names removed; an old sharded checkpoint whose replacement never landed is restored instead."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if not entry.name.startswith("."):
+            continue
+        for mark in (OLD_MARK, TMP_MARK):
+            if mark in entry.name:
+                target = folder / entry.name[1:entry.name.index(mark)]
+                if mark == OLD_MARK and not target.exists():
+                    os.rename(entry, target)
+                else:
+                    _remove(entry)
+                    removed.append(entry.name)
+                break
+    return removed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO with local saves through `atomic_write` (remote URLs keep fsspec)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+# ---------------------------------------------------------------- resume
 def _step_of(path: Path) -> float:
     m = re.search(r"step(\d+)", path.name)
     return float(m.group(1)) if m else math.inf  # last.ckpt is newest
 
 
-def checkpoint_is_readable(path: Path) -> bool:
+def _loads(path: Path, key: str) -> bool:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return isinstance(ckpt, dict) and "state_dict" in ckpt
+        return isinstance(ckpt, dict) and key in ckpt
     except Exception:
         return False
 
 
+def checkpoint_is_readable(path: Path) -> bool:
+    path = Path(path)
+    if path.is_dir():  # sharded: torch.distributed.checkpoint's .metadata (written last) + Lightning's meta.pt
+        return (path / ".metadata").is_file() and _loads(path / "meta.pt", "global_step")
+    return _loads(path, "state_dict")
+
+
+def _candidates(ckpt_dir: Path) -> list[Path]:
+    """Checkpoints in a folder, newest first (last.ckpt, then by step), without temporaries or set-aside files."""
+    found = [p for p in Path(ckpt_dir).glob("*.ckpt") if not p.name.startswith(".") and CORRUPT_MARK not in p.name]
+    return sorted(found, key=lambda p: (_step_of(p), p.stat().st_mtime), reverse=True)
+
+
 def find_resume_checkpoint(ckpt_dir: Path) -> Path:
     """The newest readable checkpoint in a run's checkpoint folder; warns about each corrupt one skipped."""
-    candidates = sorted(Path(ckpt_dir).glob("*.ckpt"), key=lambda p: (_step_of(p), p.stat().st_mtime), reverse=True)
+    candidates = _candidates(ckpt_dir)
     if not candidates:
         raise FileNotFoundError(f"--resume last: no checkpoints in {ckpt_dir}; start without --resume")
     for cand in candidates:
@@ -100,17 +225,82 @@ def find_resume_checkpoint(ckpt_dir: Path) -> Path:
     raise FileNotFoundError(f"--resume last: every checkpoint in {ckpt_dir} is unreadable ({', '.join(p.name for p in candidates)})")
 
 
-class RollingCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that keeps the newest `keep_last_k` step checkpoints on disk, including files an
-    earlier, killed process wrote after its last recorded state (which a resumed run would not know of)."""
+def recover_last(ckpt_dir: Path) -> Path:
+    """`--resume last` with the folder put right: every unreadable checkpoint newer than the newest good one is
+    renamed `<stem>.corrupt-<time>.ckpt`, and `last.ckpt` is made the good one (a hard link, or a copy), so what
+    recipes, `init_from` and the README point at is the checkpoint the run continues from. Returns last.ckpt."""
+    ckpt_dir = Path(ckpt_dir)
+    good = find_resume_checkpoint(ckpt_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for bad in _candidates(ckpt_dir):
+        if bad == good:
+            break
+        aside = bad.with_name(f"{bad.stem}{CORRUPT_MARK}{stamp}{bad.suffix}")
+        n = 1
+        while aside.exists():
+            aside, n = bad.with_name(f"{bad.stem}{CORRUPT_MARK}{stamp}-{n}{bad.suffix}"), n + 1
+        os.rename(bad, aside)
+        warnings.warn(f"kept the unreadable {bad.name} as {aside.name}; resuming from {good.name}")
+    last = ckpt_dir / "last.ckpt"
+    if good != last:
+        tmp = _hidden(last, TMP_MARK)
+        if good.is_dir():
+            shutil.copytree(good, tmp)
+        else:
+            try:
+                os.link(good, tmp)  # saves replace files, never rewrite them in place: a link is safe to share
+            except OSError:
+                shutil.copy2(good, tmp)
+        if good.is_dir():
+            replace_dir(tmp, last)
+        else:
+            os.replace(tmp, last)
+            fsync_dir(ckpt_dir)
+    return last
 
-    def __init__(self, keep_last_k: int, **kwargs: Any):
-        super().__init__(save_top_k=keep_last_k, monitor="step", mode="max", **kwargs)
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class RollingCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that keeps the newest `keep_last_k` step checkpoints of *this run* on disk.
+
+    A run has an id, stored in its checkpoints and taken over by a resume; every file it writes is entered in
+    the folder's ledger (`.xr0-owned`). Rotation deletes only ledger entries with this run's id: files an
+    earlier, killed process of the same run wrote after its last recorded state (which the resumed run would
+    not otherwise know of) go; files another run or a person put there stay. Names never get a `-v1`: the
+    run folder is locked to one run, so a name that exists is this run's own earlier write.
+    """
+
+    def __init__(self, keep_last_k: int, run_id: str | None = None, **kwargs: Any):
+        super().__init__(save_top_k=keep_last_k, monitor="step", mode="max", enable_version_counter=False, **kwargs)
         self.keep_last_k = keep_last_k
+        self.run_id = run_id or new_run_id()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "xr0_run_id": self.run_id}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.run_id = state_dict.get("xr0_run_id", self.run_id)
+
+    def owned(self) -> set[str]:
+        """Names of the checkpoints this run wrote into its folder."""
+        ledger = Path(self.dirpath or ".") / LEDGER
+        if not ledger.is_file():
+            return set()
+        rows = (line.split(" ", 1) for line in ledger.read_text().splitlines() if " " in line)
+        return {name for rid, name in rows if rid == self.run_id}
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero and self.dirpath and self.keep_last_k > 0:
-            steps = sorted(Path(self.dirpath).glob("step*.ckpt"), key=_step_of, reverse=True)
+        if not trainer.is_global_zero or not self.dirpath:
+            return
+        with open(Path(self.dirpath) / LEDGER, "a") as f:
+            f.write(f"{self.run_id} {Path(filepath).name}\n")
+        if self.keep_last_k > 0:
+            steps = [Path(self.dirpath) / n for n in self.owned() if n.startswith("step")]
+            steps = sorted((p for p in steps if p.exists()), key=_step_of, reverse=True)
             for old in steps[self.keep_last_k:]:
-                old.unlink(missing_ok=True)
+                _remove(old)

@@ -1,6 +1,7 @@
 """Recipe loading, inheritance, overrides and validation messages (each names the bad key)."""
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -196,3 +197,95 @@ def test_overrides_that_do_not_fit_name_the_key(tmp_path, monkeypatch, overrides
     p = write(tmp_path, "r.yaml", BASE)
     with pytest.raises(RecipeError):
         validate(load_recipe(p, overrides))
+
+
+# ---- types against the builders' annotations; many overrides; one-line errors at the CLI
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("stage.head.depth=two", "stage.head.depth: expected int, got str 'two'"),
+        ("trainer.max_steps=ten", "trainer.max_steps: expected int, got str 'ten'"),
+        ("stage.training_repeat=2.5", "stage.training_repeat: expected int, got float 2.5"),
+        ("stage.head.depth=true", "stage.head.depth: expected int, got bool True"),
+        ("stage.optim.lr=fast", "stage.optim.lr: expected float, got str 'fast'"),  # a dataclass field
+        ("stage.head.mask.window=[4]", "stage.head.mask.window: expected int, got list [4]"),
+        ("run.tensorboard=maybe", "run.tensorboard: expected bool, got str 'maybe'"),
+        ("trainer.precision=33", "trainer.precision: expected one of 64, 32, 16, 'transformer-engine'"),  # Literal
+        ("trainer.devices=[a]", "trainer.devices: expected (a list whose item 0 is int) or str or int"),
+    ],
+)
+def test_validation_checks_value_types_with_the_yaml_path(tmp_path, monkeypatch, override, needle):
+    make_registries(monkeypatch)
+    p = write(tmp_path, "r.yaml", BASE)
+    with pytest.raises(RecipeError) as exc:
+        validate(load_recipe(p, [override]))
+    assert needle in str(exc.value)
+    assert any(line.startswith(needle) for line in exc.value.problems)
+
+
+def test_type_problem_accepts_what_the_annotation_allows():
+    from typing import Literal, Optional
+
+    from xr0.config import type_problem
+
+    ok = [(3, int), (3, float), (0.5, float), (None, Optional[int]), ("bf16-mixed", Literal["bf16-mixed", 32]),
+          (32, Literal["bf16-mixed", 32]), ([0.9, 0.95], tuple[float, float]), ({"a": 1}, dict[str, int]),
+          ("x", str | None), ({"lr": 1}, Optim), ("runs/x", Path)]
+    bad = [(3.0, int), ("32", Literal[32]), (True, Literal[1]), ([1, "a"], list[int]), ({"a": "b"}, dict[str, int]),
+           (None, int), (1, str)]
+    assert [v for v, h in ok if type_problem(v, h) is not None] == []
+    assert [v for v, h in bad if type_problem(v, h) is None] == []
+
+
+def test_thousands_of_overrides_merge_in_one_pass(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    make_registries(monkeypatch)
+    p = write(tmp_path, "r.yaml", BASE)
+    merges = []
+    real = OmegaConf.merge
+    monkeypatch.setattr(OmegaConf, "merge", staticmethod(lambda *a, **k: merges.append(len(a)) or real(*a, **k)))
+    items = [f"_v{i}.x={i}" for i in range(1000)] + ["trainer.max_steps=7"]
+    cfg = load_recipe(p, items)
+    assert cfg._v999.x == 999 and cfg.trainer.max_steps == 7
+    # one merge for the inherit chain, one for all overrides: the work grows with the count, not its square
+    assert len(merges) == 2
+    merges.clear()
+    bad = items[:700] + ["run=[1, 2]"] + items[700:]  # a list cannot replace the run section
+    with pytest.raises(RecipeError, match=r"^run: override 'run=\[1, 2\]' does not fit"):
+        load_recipe(p, bad)
+    assert len(merges) <= 2 + 2 + 11  # the culprit found by bisection, not by one merge per override
+
+
+def test_cli_prints_every_error_as_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    recipe = root / "recipes" / "tiny" / "stage2.yaml"
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "xr0.cli", "fit", str(recipe), "stage.init_from=null", f"run.out_dir={out}",
+           "stage.head.depth=two", "trainer.max_steps=ten"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xr0: error: recipe is invalid:"), res.stderr[-2000:]
+    assert "stage.head.depth: expected int, got str 'two'" in lines[0] and "trainer.max_steps" in lines[0]
+    assert not out.exists()  # nothing written before the recipe is known to be good
+    # an error that is not one of xr0's (here an OSError: run.out_dir names a file) is one line too, with its
+    # type; --debug shows the traceback
+    from xr0.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    argv = ["fit", str(recipe), "stage.init_from=null", f"run.out_dir={a_file}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("xr0: error: FileExistsError:"), err
+    assert err[0].endswith("(--debug for the traceback)")
+    with pytest.raises(FileExistsError):
+        main(argv + ["--debug"])
+    assert main(["validate", str(recipe), "--set", "stage.head.depth=two", "--set", "trainer.max_steps=ten"]) == 1
+    assert sorted(capsys.readouterr().out.strip().splitlines()) == [
+        f"INVALID {recipe}: stage.head.depth: expected int, got str 'two'",
+        f"INVALID {recipe}: trainer.max_steps: expected int, got str 'ten'"]

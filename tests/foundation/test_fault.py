@@ -1,9 +1,21 @@
-"""Non-finite steps are skipped then stop the run; resume skips corrupt checkpoints."""
+"""Non-finite steps are skipped then stop the run; saves are atomic; resume skips (and sets aside) corrupt
+checkpoints; rotation deletes only the run's own checkpoints."""
+import tempfile
+
 import lightning as L
 import pytest
 import torch
 
-from xr0.fault import NonFiniteError, find_resume_checkpoint
+from xr0.fault import (
+    LEDGER,
+    AtomicCheckpointIO,
+    NonFiniteError,
+    atomic_write,
+    checkpoint_is_readable,
+    clean_stale,
+    find_resume_checkpoint,
+    recover_last,
+)
 from xr0.run import build_trainer
 
 
@@ -63,10 +75,74 @@ def test_resume_falls_back_past_a_corrupt_last_checkpoint(tmp_path):
     with pytest.warns(UserWarning, match="corrupt"):
         good = find_resume_checkpoint(ckpts)
     assert good.name == "step0000004.ckpt"
+    with pytest.warns(UserWarning, match="kept the unreadable last.ckpt as last.corrupt-"):
+        last = recover_last(ckpts)
+    # what recipes and init_from point at is the checkpoint the run continues from; the bad file is kept
+    assert last == ckpts / "last.ckpt" and checkpoint_is_readable(last)
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    (aside,) = ckpts.glob("last.corrupt-*.ckpt")
+    assert aside.read_bytes() == b"truncated"
+    assert find_resume_checkpoint(ckpts) == last  # set-aside files are never candidates again
     resumed = Toy()
     trainer = build_trainer(tree(6), resumed, tmp_path)
-    trainer.fit(resumed, ckpt_path=str(good), weights_only=True)
+    trainer.fit(resumed, ckpt_path=str(last), weights_only=True)
     assert trainer.global_step == 6
+    names = sorted(p.name for p in ckpts.glob("*.ckpt"))
+    assert names == ["last.ckpt", aside.name, "step0000004.ckpt", "step0000006.ckpt"]  # no last-v1.ckpt
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert torch.load(ckpts / "step0000004.ckpt", weights_only=True)["global_step"] == 4  # the link was replaced,
+    # not written through
+
+
+def test_atomic_write_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
+    path = tmp_path / "ckpts" / "a.ckpt"
+    atomic_write(path, lambda f: f.write(b"old"))
+    seen = {}
+
+    def half_then_fail(f):
+        f.write(b"new-but-")
+        f.flush()
+        seen["temp"], seen["dest"] = f.name, path.read_bytes()
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half_then_fail)
+    assert seen["dest"] == b"old"  # mid-write the destination still holds the complete old file
+    assert seen["temp"].startswith(str(path.parent) + "/.a.ckpt.tmp-")  # the temporary sits beside it
+    assert path.read_bytes() == b"old" and sorted(p.name for p in path.parent.iterdir()) == ["a.ckpt"]
+
+
+def test_checkpoint_io_writes_nothing_to_tmpdir_and_orphans_are_cleaned(tmp_path, monkeypatch):
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))  # where fsspec would have put its temporary
+    dest = tmp_path / "run" / "checkpoints" / "step0000002.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.arange(5.0)}}, dest)
+    assert list(tmpdir.iterdir()) == []
+    assert torch.equal(torch.load(dest, weights_only=True)["state_dict"]["w"], torch.arange(5.0))
+    orphan = dest.with_name(".step0000004.ckpt.tmp-123-abcd")  # what a SIGKILL mid-save leaves
+    orphan.write_bytes(b"half")
+    assert clean_stale(dest.parent) == [orphan.name]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["step0000002.ckpt"]
+
+
+def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    foreign = ckpts / "step0000001.ckpt"  # another run's (or a person's) file in the folder
+    torch.save({"state_dict": {}, "global_step": 1}, foreign)
+    module = Toy()
+    trainer = build_trainer(tree(6), module, tmp_path)
+    trainer.fit(module)
+    names = sorted(p.name for p in ckpts.glob("*.ckpt"))
+    assert names == ["last.ckpt", "step0000001.ckpt", "step0000004.ckpt", "step0000006.ckpt"]
+    # a resumed run is the same run: it rotates what its killed predecessor wrote after the state it resumes
+    resumed = Toy()
+    trainer = build_trainer(tree(10), resumed, tmp_path)
+    trainer.fit(resumed, ckpt_path=str(ckpts / "step0000004.ckpt"), weights_only=True)
+    names = sorted(p.name for p in ckpts.glob("*.ckpt"))
+    assert names == ["last.ckpt", "step0000001.ckpt", "step0000008.ckpt", "step0000010.ckpt"]
+    assert len({line.split()[0] for line in (ckpts / LEDGER).read_text().splitlines()}) == 1
 
 
 def test_resume_with_no_checkpoints_says_what_to_do(tmp_path):

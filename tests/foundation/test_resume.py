@@ -1,12 +1,19 @@
-"""Kill a real `xr0 fit` process with SIGKILL, resume it with `--resume last`, and check it continues."""
+"""Kill a real `xr0 fit` process with SIGKILL (between saves, and in the middle of one), resume it with
+`--resume last`, and check it continues from a complete checkpoint."""
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import torch
+
+from xr0.fault import checkpoint_is_readable
 
 RECIPE = Path(__file__).parents[2] / "recipes" / "tiny" / "stage2.yaml"
 
@@ -48,3 +55,53 @@ def test_sigkill_then_resume_last_continues_from_the_last_checkpoint(tmp_path):
     assert len(list(ckpts.glob("step*.ckpt"))) == 2  # keep_last_k
     assert (out / "recipe.yaml").is_file()
     assert not list(out.parent.glob("run-*")), "a resumed run writes into its own directory"
+
+
+def _other_filesystem_tmpdir(run_parent: Path) -> Path | None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == run_parent.stat().st_dev:
+        return None
+    return shm
+
+
+def test_sigkill_during_a_save_with_tmpdir_on_another_filesystem_leaves_no_partial_checkpoint(tmp_path):
+    # Lightning's fsspec save writes its temporary file in TMPDIR and moves it: across filesystems that move is
+    # a copy into the run folder, and a kill during it used to leave a half-written step*.ckpt there
+    shm = _other_filesystem_tmpdir(tmp_path)
+    if shm is None:
+        pytest.skip("no second filesystem: /dev/shm is missing or on the run folder's device "
+                    "(test_fault.py checks the in-folder temporary + replace directly)")
+    tmpdir = Path(tempfile.mkdtemp(dir=shm))
+    out, marker = tmp_path / "run", tmp_path / "blocked.json"
+    helper = Path(__file__).with_name("blocked_save.py")
+    # saves 1 and 2 are step 2 and last.ckpt; the 3rd (step 4) stops half-way and waits to be killed
+    cmd = [sys.executable, str(helper), str(marker), str(out), "3", "--", *_cmd(out)[3:],
+           "run.checkpoint_every_n_steps=2", "run.keep_last_k=3"]
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not marker.exists():
+            time.sleep(0.1)
+        assert marker.exists(), f"the save never reached the hook: {proc.stderr.read().decode()[-2000:]}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    blocked = Path(json.loads(marker.read_text())["file"])
+    assert blocked.parent == out / "checkpoints", "the half-written bytes sit beside their destination"
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert ckpts == ["last.ckpt", "step0000002.ckpt"], ckpts  # no step0000004.ckpt: its write never finished
+    for name in ckpts:
+        assert checkpoint_is_readable(out / "checkpoints" / name), f"{name} is a partial write"
+    assert blocked.exists() and blocked.name.startswith(".step0000004.ckpt.tmp-")
+
+    # the next start removes the orphan and continues from the last complete checkpoint
+    res = subprocess.run(_cmd(out, "trainer.max_steps=4", "run.checkpoint_every_n_steps=2", "--resume", "last"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "removed 1 unfinished checkpoint write" in res.stdout
+    assert not blocked.exists() and not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]
+    assert torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4

@@ -32,10 +32,13 @@ def test_every_held_tick_is_counted_by_its_reason():
     ex = Executor(ExecutorConfig(mode="async", exec_steps=4, prefix_steps=2), Safety(arm.limits))
     trace = simulate(ex, Refusing(3), arm, 40, 2)
     held = [r for r in trace if r["held"]]
-    assert len(held) == sum(ex.held.values()) and all("hold_reason" in r for r in held)
-    # three refused requests of 2 ticks each, then the first good chunk arrives 2 ticks later
-    assert ex.held == {"inference_failed": 6, "wait_inference": 2}
-    assert "expected 7 values" in ex.hold_details["inference_failed"]
+    assert len(held) == sum(ex.hold_reasons.values()) and all("hold_reason" in r for r in held)
+    # the first request idles the arm (wait_inference); from the first refusal until a good chunk is adopted
+    # (three refused requests, with backoff between them) every held tick is the refusal's
+    first_good = next(r["tick"] for r in trace if not r["held"])
+    assert dict(ex.hold_reasons) == {"wait_inference": 2, "policy_error": first_good - 2}
+    assert ex.events.counts["inference_failed"] == 3
+    assert "expected 7 values" in ex.hold_details["policy_error"]
     assert not any("hold_reason" in r for r in trace if not r["held"])
 
 

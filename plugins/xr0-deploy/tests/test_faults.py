@@ -112,3 +112,111 @@ def test_safety_rejects_wrong_shapes_and_limits_validate():
         Limits(np.ones(2), np.zeros(2))
     with pytest.raises(ValueError, match="mode must be one of"):
         ExecutorConfig(mode="fast")
+
+
+# ---- configuration errors at startup; backoff after a lost server; held ticks counted by reason
+class Counting:
+    """The sim policy, counting inferences; `metadata` optional (a wrapper that declares nothing)."""
+
+    def __init__(self, chunk_len=10, declare=True):
+        self.inner, self.calls = sim_policy(chunk_len=chunk_len), 0
+        if declare:
+            self.metadata = self.inner.metadata
+
+    def infer(self, obs, prefix=None, rtc=None):
+        self.calls += 1
+        return self.inner.infer(obs, prefix, rtc)
+
+
+@pytest.mark.parametrize("exec_steps, prefix, needle", [
+    (12, 0, r"exec_steps \(T_e=12\) exceeds the policy's chunk length T=10; use --exec-steps <= 10"),
+    (4, 8, r"the async prefix runs past the chunk: T_e=4 \+ Δt_c=8 > T=10; use --prefix <= 6"),
+])
+def test_settings_that_cannot_fit_the_chunk_fail_before_the_first_tick(exec_steps, prefix, needle):
+    from xr0_deploy.executor import ExecutorConfigError
+    from xr0_deploy.runtime import RealTimeRunner
+
+    arm = SimArm(dof=7)
+    policy = Counting()
+    ex = Executor(ExecutorConfig(mode="async", exec_steps=exec_steps, prefix_steps=prefix), Safety(arm.limits))
+    with pytest.raises(ExecutorConfigError, match=needle):
+        simulate(ex, policy, arm, 40, 2)
+    assert policy.calls == 0 and ex.trace == [] and arm.sent == []  # nothing ran
+    # the real-time runner learns T from its warm-up inference when the policy declares nothing
+    policy = Counting(declare=False)
+    ex = Executor(ExecutorConfig(mode="async", exec_steps=exec_steps, prefix_steps=prefix), Safety(arm.limits))
+    t = [0.0]
+    runner = RealTimeRunner(ex, arm, policy, hz=30, clock=lambda: t[0], sleep=lambda dt: t.__setitem__(0, t[0] + dt))
+    with pytest.raises(ExecutorConfigError, match=needle):
+        runner.run(20)
+    assert policy.calls == 1 and ex.trace == [] and arm.sent == []  # the warm-up only
+
+
+def test_cli_refuses_an_exec_step_count_beyond_the_chunk_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    trace = tmp_path / "t.jsonl"
+    res = subprocess.run([sys.executable, "-m", "xr0.cli", "deploy", "simulate", "--latency-steps", "2",
+                          "--chunk-len", "6", "--exec-steps", "8", "--trace", str(trace)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines == [lines[0]] and "exec_steps (T_e=8) exceeds the policy's chunk length T=6" in lines[0]
+    assert not trace.exists()
+
+
+class Outage:
+    """The sim policy with the server gone for requests made in ticks [down, up)."""
+
+    def __init__(self, down, up):
+        self.inner, self.down, self.up, self.k, self.request_ticks = sim_policy(chunk_len=10), down, up, 0, []
+
+    def infer(self, obs, prefix=None, rtc=None):
+        self.request_ticks.append(self.k)
+        if self.down <= self.k < self.up:
+            raise PolicyUnavailable("connection refused")
+        return self.inner.infer(obs, prefix, rtc)
+
+
+def _outage_run(down, up, ticks, seed=0):
+    arm = SimArm(dof=7)
+    ex = Executor(ExecutorConfig(mode="async", exec_steps=4, prefix_steps=4, retry_max_ticks=30, retry_seed=seed),
+                  Safety(arm.limits))
+    policy = Outage(down, up)
+
+    class Clocked:  # simulate has no per-tick hook: the tick is the executor's trace length
+        def infer(self, obs, prefix=None, rtc=None):
+            policy.k = len(ex.trace) - 1
+            return policy.infer(obs, prefix, rtc)
+
+    trace = simulate(ex, Clocked(), arm, ticks, 1)
+    return ex, trace, policy.request_ticks
+
+
+def test_retries_after_a_lost_server_back_off_jittered_and_bounded_and_holds_are_counted():
+    ex, trace, asked = _outage_run(down=10, up=400, ticks=400)
+    failed = [k for k in asked if 10 <= k < 400]
+    gaps = np.diff(failed)
+    # without backoff a request went out every tick (387 over the outage); now the gaps double up to the cap
+    assert len(failed) < 25, failed
+    assert list(gaps[:4]) == sorted(gaps[:4]) and gaps[0] <= 3 and gaps[3] >= 5
+    assert gaps.max() <= 30 + 1 and gaps[-8:].min() >= 15 + 1  # capped at 30 ticks, jittered into [15, 30]
+    assert len(set(gaps[-8:])) > 1, "jittered, not a fixed period"
+    _, _, other = _outage_run(down=10, up=400, ticks=400, seed=1)
+    assert other != asked, "another arm (seed) retries at other ticks"
+    held = [r for r in trace if r["held"]]
+    assert sum(ex.hold_reasons.values()) == len(held)
+    assert ex.hold_reasons["wait_inference"] == 1  # the startup tick
+    assert ex.hold_reasons["server_unavailable"] == len(held) - 1
+    assert all(r["hold_reason"] == "server_unavailable" for r in held[1:])
+    assert ex.events.counts["retry_backoff"] >= 1
+
+
+def test_backoff_resets_once_the_server_answers_again():
+    ex, trace, asked = _outage_run(down=10, up=60, ticks=160)
+    after = [k for k in asked if k >= 60]
+    assert after and after[0] <= 60 + 31  # the first retry past the outage succeeds
+    recovered = next(r["tick"] for r in trace if r["tick"] > after[0] and not r["held"])
+    assert ex.failures_in_row == 0 and ex.retry_at <= after[0] + 1
+    assert not any(r["held"] for r in trace if r["tick"] > recovered + 2), "steady execution again"

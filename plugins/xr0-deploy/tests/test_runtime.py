@@ -102,6 +102,8 @@ def test_executor_through_the_xr0_client_holds_while_the_server_is_down():
     assert ex.events.counts["watchdog_hold"] >= 1
     assert client.connects == 2
     assert not trace[-1]["held"] and trace[-1]["chunk_id"] >= 8
+    assert ex.hold_reasons["server_unavailable"] >= 1  # the held ticks say why
+    assert sum(ex.hold_reasons.values()) == sum(r["held"] for r in trace)
 
 
 def test_cli_deploy_run_reports_jitter():

@@ -38,6 +38,7 @@ def build_stage(scale: str, stage: str, activation_checkpointing: bool = False, 
     # fp32 master weights: bf16-mixed autocasts the matmuls, AdamW keeps fp32 state
     st["backbone"] = {**s["backbone"], "dtype": None, "gradient_checkpointing": activation_checkpointing}
     st["head"] = {**st["head"], **s["head"], "chunk": s["chunk"]}
+    tree["data"] = {**tree["data"], "chunk": s["chunk"]}  # one chunk length (validate checks they agree)
     st.update(init_from=None, plot_every_n_steps=0)
     with torch.device(device):  # a paper-scale model initialises on the GPU, not for minutes on the CPU
         module = config.build(config.validate(tree)["stage"], "stage")

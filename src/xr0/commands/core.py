@@ -42,7 +42,8 @@ class Validate:
                 print(f"ok      {path}")
             except RecipeError as exc:
                 bad += 1
-                print(f"INVALID {path}: {exc}")
+                for problem in exc.problems:  # one line each, led by the YAML path
+                    print(f"INVALID {path}: {problem}")
         return 1 if bad else 0
 
 

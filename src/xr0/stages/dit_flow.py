@@ -25,10 +25,11 @@ from xr0.stages.common import (
     log_flow_terms,
     save_metadata,
 )
+from xr0.strategies import ShardedStage
 
 
 @STAGES.register("dit_flow")
-class DiTFlow(L.LightningModule):
+class DiTFlow(ShardedStage, L.LightningModule):
     """Stage 2: DiT flow matching on a frozen VLM's KV cache (beta τ, causal mask, training_repeat k)."""
 
     def __init__(

@@ -26,12 +26,13 @@ from xr0.stages.common import (
     log_flow_terms,
     save_metadata,
 )
+from xr0.strategies import ShardedStage
 
 MODES = ("sync", "async")
 
 
 @STAGES.register("post_train")
-class PostTrain(L.LightningModule):
+class PostTrain(ShardedStage, L.LightningModule):
     """Stage 3: post-training, sync (VLM+DiT or LoRA) or async (clean Δt_c prefix, Λ mask, re-weighting)."""
 
     def __init__(

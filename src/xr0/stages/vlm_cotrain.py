@@ -26,6 +26,7 @@ from xr0.stages.common import (
     load_metadata,
     save_metadata,
 )
+from xr0.strategies import ShardedStage
 
 KV_LAYERS = 1  # stage 1 reads only the appended tokens' outputs; the KV of one layer is the cheapest ask
 
@@ -70,7 +71,7 @@ def stage1_metrics(num_candidates: int) -> nn.ModuleDict:
 
 
 @STAGES.register("vlm_cotrain")
-class VLMCoTrain(L.LightningModule):
+class VLMCoTrain(ShardedStage, L.LightningModule):
     """Stage 1: choice-policy VLM co-training on robot + vision-language batches (N candidates, WTA L1)."""
 
     def __init__(

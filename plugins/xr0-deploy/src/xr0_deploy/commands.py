@@ -43,11 +43,11 @@ def policy_embodiment(policy):
 
 def _held_summary(ex) -> str:
     """`held 12 (inference_failed 9: RequestError: state: ..., wait_inference 3)`: every held tick by reason."""
-    if not ex.held:
+    if not ex.hold_reasons:
         return "held 0"
     parts = [f"{k} {n}" + (f": {ex.hold_details[k]}" if ex.hold_details.get(k) else "")
-             for k, n in sorted(ex.held.items(), key=lambda kv: -kv[1])]
-    return f"held {sum(ex.held.values())} (" + "; ".join(parts) + ")"
+             for k, n in sorted(ex.hold_reasons.items(), key=lambda kv: -kv[1])]
+    return f"held {sum(ex.hold_reasons.values())} (" + "; ".join(parts) + ")"
 
 
 def _trace_meta(emb, args, policy) -> dict:
@@ -84,6 +84,9 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantile", type=float, default=0.9)
     p.add_argument("--adapt-prefix", action="store_true", help="grow Δt_c to the measured latency")
     p.add_argument("--max-guidance", type=float, default=5.0, help="rtc: β")
+    p.add_argument("--retry-max-ticks", type=int, default=30,
+                   help="after failed inferences (server lost) wait up to this many ticks between retries "
+                        "(exponential from 1, jittered)")
     p.add_argument("--max-delta", type=float, default=None, help="per-tick action change bound")
     p.add_argument("--prompt", default="")
     p.add_argument("--hz", type=float, default=None, help="control rate (default: the embodiment's control_hz)")
@@ -108,7 +111,8 @@ def _executor_config(args):
 
     return ExecutorConfig(mode=args.mode, exec_steps=args.exec_steps, prefix_steps=args.prefix,
                          estimator=args.estimator, window=args.window, quantile=args.quantile,
-                         adapt_prefix=args.adapt_prefix, max_guidance=args.max_guidance)
+                         adapt_prefix=args.adapt_prefix, max_guidance=args.max_guidance,
+                         retry_max_ticks=args.retry_max_ticks)
 
 
 @COMMANDS.register("deploy")
@@ -168,7 +172,7 @@ class Deploy:
                 simulate(ex, policy, arm, args.ticks, args.latency_steps, hz=args.hz, prompt=args.prompt)
             path = write_trace(ex.trace, args.trace, _trace_meta(emb, args, policy))
             ev = ", ".join(f"{k}={v}" for k, v in sorted(ex.events.counts.items())) or "none"
-            print(f"{emb.name} at {args.hz:g} Hz: {len(ex.trace)} ticks, {len(ex.trace) - sum(ex.held.values())} "
+            print(f"{emb.name} at {args.hz:g} Hz: {len(ex.trace)} ticks, {len(ex.trace) - sum(ex.hold_reasons.values())} "
                   f"actions, {_held_summary(ex)}; events: {ev}")
             print(f"trace -> {path}")
             if args.plot:

@@ -4,9 +4,10 @@ A driver (the simulator, the real-time runner) owns time and inference. Each tic
 chunks that finished (`deliver` / `fail`), calls `tick(k)`, starts the inference the returned `Step`
 asks for (if any) on the observation of tick k, and sends the returned action — or holds when it is None.
 
-Every held tick carries a `hold_reason` in the trace (`wait_inference`: sync idling for its chunk, or the first
-chunk; `inference_failed` / `chunk_rejected` / `stale_chunk`: the last request gave no usable chunk; `watchdog_hold`:
-nothing to execute), and `held` counts them by reason, with the first detail of each in `hold_details`.
+Every held tick carries a `hold_reason` in the trace (`wait_inference`: startup, or sync idling for its chunk;
+`late_chunk`: the chunk ran out before the next arrived; `server_unavailable` / `policy_error` / `policy_crashed` /
+`chunk_rejected` / `stale_chunk`: the last request gave no usable chunk), counted in `hold_reasons`, with the first
+detail of each reason in `hold_details` (what a user reads first).
 
 Timeline, with T the chunk length, T_e `exec_steps`, Δt_c `prefix_steps`, d the latency in ticks:
 - sync:  execute T_e actions, request on the latest observation, idle d ticks, execute the new chunk
@@ -16,10 +17,15 @@ Timeline, with T the chunk length, T_e `exec_steps`, Δt_c `prefix_steps`, d the
          it is executed from index d. Needs Δt_c ≥ d, measured and warned about (or adapted).
 - rtc:   the async timeline for policies trained without a prefix: the request carries the rest of the
          current chunk as a soft guidance target (inference-time RTC, see rtc.py).
+
+Configuration that cannot work with the policy's chunk length T (T_e > T; async T_e + Δt_c > T) is refused by
+`configure(T)`, which drivers call before the clock starts. After a failed inference the next request waits a
+bounded, jittered exponential number of ticks; every held tick is counted by its reason (`hold_reasons`).
 """
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +36,32 @@ from xr0_deploy.protocol import EventLog, RTCSpec
 from xr0_deploy.safety import Safety
 
 MODES = ("sync", "async", "rtc")
-HOLD_KINDS = ("wait_inference", "watchdog_hold")
+
+
+class ExecutorConfigError(ValueError):
+    """Executor settings that cannot work with the policy (e.g. more exec steps than the chunk holds)."""
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The hold reason an inference failure stands for: the server is gone, or it answered with an error."""
+    from xr0_deploy.protocol import PolicyError, PolicyUnavailable
+
+    if isinstance(exc, PolicyUnavailable):
+        return "server_unavailable"
+    if isinstance(exc, PolicyError | ValueError):
+        return "policy_error"
+    return "policy_crashed"
+
+
+def declared_chunk_len(policy: Any) -> int | None:
+    """The chunk length a policy declares in its metadata (local policies, `xr0 serve` after connecting)."""
+    meta = getattr(policy, "metadata", None)
+    try:
+        meta = meta() if callable(meta) else meta
+    except Exception:  # noqa: BLE001 - metadata is optional; the first chunk then tells
+        return None
+    value = meta.get("chunk_len") if isinstance(meta, dict) else None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 class LatencyWarning(UserWarning):
@@ -51,6 +82,9 @@ class ExecutorConfig:
     max_guidance: float = 5.0  # rtc: β, the cap on the guidance weight
     record_trace: bool = True
     keep_chunks: bool = False  # keep every adopted chunk and sent request (simulation and tests)
+    retry_base_ticks: int = 1  # after the n-th failure in a row wait ~base·2^(n-1) ticks before asking again,
+    retry_max_ticks: int = 30  # at most this many (1 s at 30 Hz), jittered down by up to half
+    retry_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -61,6 +95,9 @@ class ExecutorConfig:
             raise ValueError(f"prefix_steps (Δt_c) must be >= 0, got {self.prefix_steps}")
         if self.max_guidance < 0:
             raise ValueError(f"max_guidance must be >= 0, got {self.max_guidance}")
+        if not 1 <= self.retry_base_ticks <= self.retry_max_ticks:
+            raise ValueError(f"retry ticks need 1 <= base <= max, got base {self.retry_base_ticks}, "
+                             f"max {self.retry_max_ticks}")
 
 
 @dataclass(frozen=True)
@@ -100,21 +137,40 @@ class Executor:
         self.chunk_len: int | None = None
         self.inflight: Request | None = None
         self.last_target: np.ndarray | None = None
-        self._arrived: list[tuple[int, np.ndarray | None, str]] = []
+        self._arrived: list[tuple[int, np.ndarray | None, str, str]] = []
         self._next_id = 0
         self._warned: set[tuple[str, int]] = set()
-        self.held: dict[str, int] = {}  # held ticks by reason
-        self.hold_details: dict[str, str] = {}  # the first detail seen per reason (what a user reads first)
-        self._problem: tuple[str, str] | None = None  # why the last inference gave no chunk, until one is adopted
+        self.hold_reasons: Counter[str] = Counter()  # held ticks by why no action was available
+        self._problem: str | None = None  # what went wrong last (a failure, a rejected or stale chunk)
+        self._detail = ""  # ... and its message
+        self.hold_details: dict[str, str] = {}  # the first detail seen per hold reason
+        self.failures_in_row = 0
+        self.retry_at = 0  # no request before this tick (backoff after failures)
+        self._rng = np.random.default_rng(config.retry_seed)
+
+    def configure(self, chunk_len: int) -> None:
+        """Check the settings against the policy's chunk length T before the loop starts; raises
+        ExecutorConfigError with what to change."""
+        t_e, p = self.cfg.exec_steps, self.prefix_steps
+        if chunk_len < 1:
+            raise ExecutorConfigError(f"the policy's chunk length must be >= 1, got {chunk_len}")
+        if t_e > chunk_len:
+            raise ExecutorConfigError(f"exec_steps (T_e={t_e}) exceeds the policy's chunk length T={chunk_len}; "
+                                      f"use --exec-steps <= {chunk_len}")
+        if self.cfg.mode == "async" and t_e + p > chunk_len:
+            raise ExecutorConfigError(f"the async prefix runs past the chunk: T_e={t_e} + Δt_c={p} > T={chunk_len}; "
+                                      f"use --prefix <= {chunk_len - t_e} (or fewer --exec-steps)")
+        self.chunk_len = chunk_len
 
     # ---- driver interface -------------------------------------------------------------------------
     def deliver(self, request_id: int, chunk: np.ndarray) -> None:
         """A chunk finished; it is taken into account at the next `tick`."""
-        self._arrived.append((request_id, chunk, ""))
+        self._arrived.append((request_id, chunk, "", ""))
 
-    def fail(self, request_id: int, reason: str) -> None:
-        """An inference failed (server down, error reply); the arm keeps going / holds and we retry."""
-        self._arrived.append((request_id, None, reason or "inference failed"))
+    def fail(self, request_id: int, reason: str, kind: str = "server_unavailable") -> None:
+        """An inference failed (server down, error reply; `kind` from `failure_kind`); the arm keeps going /
+        holds and we retry after a backoff."""
+        self._arrived.append((request_id, None, reason or "inference failed", kind))
 
     def tick(self, k: int) -> Step:
         """Advance to control tick k (ticks may jump when the driver missed some)."""
@@ -131,16 +187,14 @@ class Executor:
             "inference_finished": finished,
             "held": action is None,
         }
-        new = self.events.events[n_events:]
-        kinds = [e["kind"] for e in new]
+        if action is None:
+            reason = self._hold_reason
+            record["hold_reason"] = reason
+            self.hold_reasons[reason] += 1
+            self.hold_details.setdefault(reason, self._detail if self._problem else "")
+        kinds = [e["kind"] for e in self.events.events[n_events:]]
         if kinds:
             record["events"] = kinds
-        if action is None:  # a held tick: say why (the failed inference behind the wait, if there was one)
-            reason, detail = self._problem or next(((e["kind"], e["detail"]) for e in reversed(new)
-                                                    if e["kind"] in HOLD_KINDS), ("watchdog_hold", ""))
-            record["hold_reason"] = reason
-            self.held[reason] = self.held.get(reason, 0) + 1
-            self.hold_details.setdefault(reason, detail)
         if self.cfg.record_trace:
             self.trace.append(record)
         return Step(action, request, record)
@@ -148,7 +202,7 @@ class Executor:
     # ---- internals --------------------------------------------------------------------------------
     def _absorb(self, k: int) -> int | None:
         finished = None
-        for rid, chunk, reason in self._arrived:
+        for rid, chunk, reason, kind in self._arrived:
             req = self.inflight
             if req is None or req.id != rid:
                 self.events.add(k, "unexpected_chunk", f"request {rid} is not the one in flight; dropped")
@@ -157,8 +211,10 @@ class Executor:
             self.latency.add(k - req.tick)
             if chunk is None:
                 self.events.add(k, "inference_failed", reason)
-                self._problem = ("inference_failed", reason)
+                self._problem, self._detail = kind, reason
+                self._back_off(k)
             else:
+                self.failures_in_row = 0
                 self._adopt(k, req, chunk)
             self._check_latency(k)
         self._arrived.clear()
@@ -176,23 +232,24 @@ class Executor:
         safe, reason, n_clipped = self.safety.check_chunk(chunk)
         if safe is None:
             self.events.add(k, "chunk_rejected", f"request {req.id}: {reason}; holding the last safe target")
-            self._problem = ("chunk_rejected", reason)
+            self._problem, self._detail = "chunk_rejected", reason
             return
         if n_clipped:
             self.events.add(k, "clipped", f"request {req.id}: {n_clipped} values clipped to the limits")
-        if self.chunk_len is None:
-            self.chunk_len = len(safe)
-            if self.cfg.exec_steps > self.chunk_len:
-                raise ValueError(f"exec_steps (T_e={self.cfg.exec_steps}) exceeds the policy's chunk length "
-                                 f"T={self.chunk_len}; use --exec-steps <= {self.chunk_len}")
+        if self.chunk_len is None:  # the driver could not tell the chunk length before the loop
+            self.configure(len(safe))
+        if len(safe) != self.chunk_len:
+            self.events.add(k, "chunk_rejected", f"request {req.id}: {len(safe)} actions, the run was configured "
+                                                 f"for chunks of {self.chunk_len}; holding the last safe target")
+            self._problem, self._detail = "chunk_rejected", f"{len(safe)} actions, configured for {self.chunk_len}"
+            return
         origin = k if req.origin is None else req.origin
         if k - origin >= len(safe):
             self.events.add(k, "stale_chunk", f"request {req.id} arrived {k - req.tick} ticks late, past its "
                                               f"{len(safe)} actions; dropped")
-            self._problem = ("stale_chunk", f"request {req.id} arrived {k - req.tick} ticks after it was made")
+            self._problem, self._detail = "stale_chunk", f"request {req.id} arrived {k - req.tick} ticks after it was made"
             return
-        self.chunk, self.chunk_id, self.origin = safe, req.id, origin
-        self._problem = None
+        self.chunk, self.chunk_id, self.origin, self._problem = safe, req.id, origin, None
         if self.cfg.keep_chunks:
             self.chunks[req.id] = safe
 
@@ -232,7 +289,28 @@ class Executor:
             self.requests[req.id] = req
         return req
 
+    def _back_off(self, k: int) -> None:
+        """Schedule the next request after a failure: base·2^(n-1) ticks for the n-th in a row, capped at
+        retry_max_ticks, jittered into its upper half so many arms do not reconnect in lockstep."""
+        self.failures_in_row += 1
+        cap = min(self.cfg.retry_max_ticks, self.cfg.retry_base_ticks * 2 ** min(self.failures_in_row - 1, 30))
+        wait = max(1, int(np.ceil(self._rng.uniform(cap / 2, cap))))
+        self.retry_at = k + wait
+        if wait > 1:
+            self.events.add(k, "retry_backoff", f"{self.failures_in_row} failures in a row; next request in "
+                                                f"{wait} ticks")
+
+    @property
+    def _hold_reason(self) -> str:
+        if self._problem is not None:
+            return self._problem
+        if self.inflight is not None and self.inflight.origin is None:
+            return "wait_inference"  # startup, or sync's idle by design
+        return "late_chunk"  # the chunk ran out before the next one arrived
+
     def _maybe_request(self, k: int) -> Request | None:
+        if k < self.retry_at:
+            return None
         chunk = self.chunk
         if chunk is None or k - self.origin >= len(chunk):
             self.chunk = None  # nothing left to run: the arm waits for a fresh chunk from index 0
@@ -259,7 +337,7 @@ class Executor:
             self.last_target = action
             return action, idx
         expected = self.inflight is not None and self.inflight.origin is None
-        if expected and (self.cfg.mode == "sync" or self.chunk_len is None):
+        if expected and (self.cfg.mode == "sync" or self.chunk_id is None):  # sync's idle, or startup
             self.events.add(k, "wait_inference", "arm idle until the chunk arrives")
         else:
             self.events.add(k, "watchdog_hold", "no action available; holding the last safe target")

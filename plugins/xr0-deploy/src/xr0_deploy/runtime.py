@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from xr0_deploy.executor import Executor, Request
+from xr0_deploy.executor import Executor, Request, declared_chunk_len, failure_kind
 from xr0_deploy.protocol import ChunkPolicy, PolicyError, PolicyUnavailable, Reading, Robot
 
 
@@ -71,6 +71,7 @@ class RunReport:
     warmup_ms: float = 0.0
     events: dict[str, int] = field(default_factory=dict)
     chunks: int = 0
+    holds: dict[str, int] = field(default_factory=dict)  # held ticks by reason
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.lateness_ms, q)) if self.lateness_ms else float("nan")
@@ -99,11 +100,11 @@ class _InferenceThread:
                 return
             req, obs = item
             try:
-                self.outbox.put((req.id, self.policy.infer(obs, req.prefix, req.rtc), ""))
+                self.outbox.put((req.id, self.policy.infer(obs, req.prefix, req.rtc), "", ""))
             except (PolicyUnavailable, PolicyError, ValueError) as exc:
-                self.outbox.put((req.id, None, f"{type(exc).__name__}: {exc}"))
+                self.outbox.put((req.id, None, f"{type(exc).__name__}: {exc}", failure_kind(exc)))
             except Exception as exc:  # noqa: BLE001 - a crashing policy must not kill the control loop
-                self.outbox.put((req.id, None, f"policy crashed: {type(exc).__name__}: {exc}"))
+                self.outbox.put((req.id, None, f"policy crashed: {type(exc).__name__}: {exc}", failure_kind(exc)))
 
     def submit(self, req: Request, obs: dict[str, Any]) -> None:
         self.inbox.put((req, obs))
@@ -131,6 +132,7 @@ class RealTimeRunner:
         self.hz, self.period, self.prompt = hz, 1.0 / hz, prompt
         self.clock, self.sleep, self.on_tick = clock, sleep, on_tick
         self.resampler = Resampler()
+        self.warmup_chunk_len: int | None = None
 
     def warmup(self) -> float:
         """One untimed inference (two in rtc mode) before the clock starts: first calls pay one-off costs
@@ -143,6 +145,7 @@ class RealTimeRunner:
         obs = self.resampler.observation(self.clock(), self.prompt, self.max_frame_age)
         try:
             chunk = self.policy.infer(obs)
+            self.warmup_chunk_len = len(chunk)
             if self.ex.cfg.mode == "rtc":
                 self.policy.infer(obs, chunk[len(chunk) // 2:], RTCSpec(1, self.ex.cfg.max_guidance))
         except (PolicyUnavailable, PolicyError, ValueError) as exc:
@@ -154,6 +157,10 @@ class RealTimeRunner:
         report = RunReport(0, self.hz)
         if warmup:
             report.warmup_ms = self.warmup()
+        if self.ex.chunk_len is None:  # refuse settings that cannot fit the chunk before the clock starts
+            chunk_len = self.warmup_chunk_len or declared_chunk_len(self.policy)
+            if chunk_len is not None:
+                self.ex.configure(chunk_len)
         worker = _InferenceThread(self.policy)
         t0, k = self.clock(), 0
         try:
@@ -182,6 +189,7 @@ class RealTimeRunner:
         finally:
             worker.stop(timeout=2 * self.period + 1.0)
         report.events = dict(self.ex.events.counts)
+        report.holds = dict(self.ex.hold_reasons)
         return report
 
     def _tick(self, k: int, t: float, worker: _InferenceThread, report: RunReport) -> None:
@@ -189,11 +197,11 @@ class RealTimeRunner:
             self.resampler.add(r)
         while True:
             try:
-                rid, chunk, err = worker.outbox.get_nowait()
+                rid, chunk, err, kind = worker.outbox.get_nowait()
             except queue.Empty:
                 break
             if chunk is None:
-                self.ex.fail(rid, err)
+                self.ex.fail(rid, err, kind)
             else:
                 self.ex.deliver(rid, chunk)
                 report.chunks += 1

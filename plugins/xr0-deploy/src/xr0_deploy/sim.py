@@ -14,7 +14,7 @@ import numpy as np
 
 from xr0.embodiments import Embodiment
 from xr0.registry import EMBODIMENTS
-from xr0_deploy.executor import Executor
+from xr0_deploy.executor import Executor, declared_chunk_len, failure_kind
 from xr0_deploy.protocol import ChunkPolicy, Limits, PolicyError, PolicyUnavailable, Reading
 
 SIM_DOF = 7
@@ -135,15 +135,18 @@ def latest_obs(readings: Iterable[Reading], prompt: str = "") -> dict[str, Any]:
 
 def simulate(executor: Executor, policy: ChunkPolicy, arm: SimArm, ticks: int,
              latency: int | Callable[[int], int], hz: float = 30.0, prompt: str = "") -> list[dict[str, Any]]:
-    """Run `ticks` control ticks; request n is answered `latency(n)` ticks after it was made (>= 1)."""
+    """Run `ticks` control ticks; request n is answered `latency(n)` ticks after it was made (>= 1).
+    Settings that do not fit the policy's declared chunk length fail here, before the first tick."""
     lat = latency if callable(latency) else (lambda n, d=int(latency): d)
-    pending: list[tuple[int, int, np.ndarray | None, str]] = []  # (ready tick, request id, chunk, error)
+    if executor.chunk_len is None and (declared := declared_chunk_len(policy)) is not None:
+        executor.configure(declared)
+    pending: list[tuple[int, int, np.ndarray | None, str, str]] = []  # (ready tick, id, chunk, error, kind)
     latest: dict[str, Any] = {}
     for k in range(ticks):
-        for item in sorted(p for p in pending if p[0] <= k):
+        for item in sorted((p for p in pending if p[0] <= k), key=lambda p: p[:2]):
             pending.remove(item)
-            _, rid, chunk, err = item
-            executor.deliver(rid, chunk) if chunk is not None else executor.fail(rid, err)
+            _, rid, chunk, err, kind = item
+            executor.deliver(rid, chunk) if chunk is not None else executor.fail(rid, err, kind)
         for r in arm.observe():
             latest[r.name] = r
         step = executor.tick(k)
@@ -153,10 +156,10 @@ def simulate(executor: Executor, policy: ChunkPolicy, arm: SimArm, ticks: int,
             if d < 1:
                 raise ValueError(f"simulated latency must be >= 1 tick, got {d} for request {req.id}")
             try:
-                chunk, err = policy.infer(latest_obs(latest.values(), prompt), req.prefix, req.rtc), ""
+                chunk, err, kind = policy.infer(latest_obs(latest.values(), prompt), req.prefix, req.rtc), "", ""
             except (PolicyUnavailable, PolicyError, ValueError) as exc:
-                chunk, err = None, f"{type(exc).__name__}: {exc}"
-            pending.append((k + d, req.id, chunk, err))
+                chunk, err, kind = None, f"{type(exc).__name__}: {exc}", failure_kind(exc)
+            pending.append((k + d, req.id, chunk, err, kind))
         if step.action is not None:
             arm.act(step.action)
         else:
