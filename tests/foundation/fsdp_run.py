@@ -1,6 +1,7 @@
 """Run by test_ddp.py: a tiny stage 2 trained by 2 processes over gloo on CPU, FSDP2 or DDP (Lightning re-launches
 this script for rank 1). Each rank writes the step it started and ended at, the samples it read, checksums of the
 full parameters (gathered from the shards) and of its own shards. argv: OUT RUN_DIR STRATEGY [RESUME_CKPT]."""
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -45,6 +46,7 @@ class Record(L.Callback):
         local = torch.cat([(p.to_local() if hasattr(p, "to_local") else p).detach().flatten() for p in params])
         rec = {"rank": trainer.global_rank, "world": trainer.world_size, "start": self.start, "seen": self.seen, "at": self.at,
                "step": trainer.global_step, "full_sum": float(full.sum()), "full_abs": float(full.abs().sum()),
+               "full_sha": hashlib.sha256(full.numpy().tobytes()).hexdigest(),
                "full_numel": full.numel(), "local_numel": local.numel(), "local_sum": float(local.double().sum()),
                "strategy": type(trainer.strategy).__name__,
                "dtensor": all(hasattr(p, "full_tensor") for p in params)}

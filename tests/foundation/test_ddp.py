@@ -53,7 +53,9 @@ def test_two_process_fsdp_on_cpu_shards_trains_and_resumes_from_a_sharded_checkp
         assert r["dtensor"] and r["local_numel"] < r["full_numel"]  # each rank holds a shard, not a replica
     assert a[0]["local_numel"] + a[1]["local_numel"] == a[0]["full_numel"]
     assert a[0]["local_sum"] != a[1]["local_sum"]
-    assert a[0]["full_sum"] == a[1]["full_sum"] and a[0]["full_abs"] == a[1]["full_abs"]  # the ranks agree
+    # the ranks agree bit for bit (a float64 sum can differ by an ulp between equal tensors: its vectorised
+    # reduction depends on the buffer's alignment; CI once saw 2397.982804938399 vs 2397.9828049383996)
+    assert a[0]["full_sha"] == a[1]["full_sha"]
     assert a[0]["at"]["0"]["sum"] != a[0]["at"]["2"]["sum"], "training moved the parameters"
     # and moved them as DDP does on the same data: the sharded gradients were reduced correctly
     ddp = _two_ranks(tmp_path / "ddp", "ddp")
