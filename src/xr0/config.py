@@ -315,8 +315,10 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             problems.append(f"{key}: unknown top-level key; valid: {', '.join(sorted(TOP_LEVEL))} (or a '_name' for your own variables)")
     if tree.get("stage") is None:
         problems.append("stage: missing; a recipe names its stage, e.g. stage: {name: dit_flow, ...}")
+    elif not isinstance(tree["stage"], dict) or "name" not in tree["stage"]:  # data alone may be a list (a mixture)
+        problems.append(f"stage: expected one stage component like {{name: ..., <kwargs>}}, got {tree['stage']!r}")
     for key in ("stage", "data", "embodiment"):
-        if key in tree:
+        if key in tree and (key != "stage" or isinstance(tree[key], dict) and "name" in tree[key]):
             problems += _walk(key, key, tree[key])
     for key in ("run", "trainer"):
         if key in tree and not isinstance(tree[key], dict | None):

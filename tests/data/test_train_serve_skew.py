@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xr0.data.module import WebDatasetData
@@ -67,7 +67,7 @@ def episodes(emb: Embodiment, seed: int) -> list[dict]:
     return out
 
 
-@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20)  # deadline, health checks and the seed: the suite profile (conftest.py)
 @given(cases())
 def test_reader_and_server_build_the_same_batch(tmp_path_factory, case):
     emb, seed, resize = case

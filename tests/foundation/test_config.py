@@ -141,6 +141,15 @@ def test_missing_stage(tmp_path, monkeypatch):
         validate(load_recipe(p))
 
 
+@pytest.mark.parametrize("stage", ["[]", "{}", "[{name: toy, head: {name: dit, depth: 2}}]", "{head: {name: dit, depth: 2}}"])
+def test_stage_must_be_one_named_component(tmp_path, monkeypatch, stage):
+    """Found by test_random_trees: these validated, then failed to build (a list or an unnamed mapping)."""
+    make_registries(monkeypatch)
+    p = write(tmp_path, "r.yaml", f"stage: {stage}\n")
+    with pytest.raises(RecipeError, match=r"stage: expected one stage component like \{name: ..., <kwargs>\}"):
+        validate(load_recipe(p))
+
+
 def test_save_resolved_roundtrip(tmp_path, monkeypatch):
     make_registries(monkeypatch)
     tree = validate(load_recipe(write(tmp_path, "r.yaml", BASE)))
@@ -150,8 +159,11 @@ def test_save_resolved_roundtrip(tmp_path, monkeypatch):
 
 
 # ---- bad input: random recipe trees and overrides (hypothesis)
+import re
+
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
+from omegaconf import OmegaConf
 from hypothesis import strategies as st
 
 keys = st.sampled_from(["stage", "stage.head", "stage.head.depth", "stage.head.mask", "stage.head.mask.name",
@@ -164,7 +176,28 @@ trees = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=3),
                                                       st.dictionaries(st.sampled_from(["stage", "name", "head", "mask", "data", "run", "trainer", "depth", "x"]), kids, max_size=3)),
                      max_leaves=12)
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=60)  # deadline, health checks and the seed: the suite profile (conftest.py)
+
+
+# "path.to[0].key: what is wrong", after the recipe file's name for errors about the file itself
+PROBLEM = re.compile(r"^(?:  - )?(?:\S+\.yaml: )?([A-Za-z_]\w*)(?:[.\[][\w.\[\]]*)?: \S")
+
+
+def check_outcome(run, roots: set[str]):
+    """A recipe either validates, or fails with a RecipeError (anything else escapes and fails the test) whose every
+    problem line starts with the key path it is about, rooted at a key the recipe or an override holds."""
+    try:
+        return run()
+    except RecipeError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        assert lines, "an empty error message"
+        problems = lines[1:] if lines[0] == "recipe is invalid:" else lines[:1]
+        assert problems, str(exc)
+        for line in problems:
+            m = PROBLEM.match(line)
+            assert m, f"a problem that names no key path: {line!r}"
+            assert m.group(1) in roots, f"{line!r} names a key that is in neither the recipe nor an override"
+        return None
 
 
 @SETTINGS
@@ -173,10 +206,23 @@ def test_random_overrides(tmp_path, monkeypatch, pairs):
     """Also pins the two cases hypothesis found: a list replacing a section, a key into a list."""
     make_registries(monkeypatch)
     p = write(tmp_path, "r.yaml", BASE)
-    try:
-        validate(load_recipe(p, [f"{k}={v}" for k, v in pairs]))
-    except RecipeError:
-        pass
+    overrides = [f"{k}={v}" for k, v in pairs]
+    roots = {"trainer", "run", "_depth", "stage"} | {k.split(".")[0] for k, _ in pairs}
+    tree = check_outcome(lambda: validate(load_recipe(p, overrides)), roots)
+    if tree is None:
+        return
+    built = build(tree["stage"], "stage")  # what validates, builds
+    assert built["head"]["depth"] == tree["stage"]["head"]["depth"]
+    if any(str(v) == "???" for _, v in pairs):
+        return  # OmegaConf's "no value": merging it keeps the recipe's value
+    for i, (k, v) in enumerate(pairs):  # each override that nothing later touches holds its value in the tree
+        later = [k2 for k2, _ in pairs[i + 1:]]
+        if "${" in str(v) or any(k2 == k or k2.startswith(k + ".") or k.startswith(k2 + ".") for k2 in later):
+            continue
+        want, got = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}"])), tree
+        for part in k.split("."):
+            want, got = want[part], got[part]
+        assert got == want, (k, v)
 
 
 @SETTINGS
@@ -185,10 +231,10 @@ def test_random_trees(tmp_path, monkeypatch, tree):
     make_registries(monkeypatch)
     p = tmp_path / "t.yaml"
     p.write_text(yaml.safe_dump(tree))
-    try:
-        validate(load_recipe(p))
-    except RecipeError:
-        pass
+    roots = set(tree) | {"stage", "recipe"}  # a missing stage is named; a file that is no mapping is "recipe"
+    valid = check_outcome(lambda: validate(load_recipe(p)), roots)
+    if valid is not None:  # only a tree with a buildable stage validates
+        assert build(valid["stage"], "stage")["head"] is not None
 
 
 @pytest.mark.parametrize("overrides", [["run=[1, 2]", "run.seed=0"], ["stage=[1, 2]"]])

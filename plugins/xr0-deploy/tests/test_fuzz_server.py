@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect
 from xr0_deploy import wire
@@ -37,7 +37,7 @@ def _ok(ws) -> None:
     assert wire.unpackb(ws.recv(timeout=10))["actions"].shape == (10, 7)
 
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=40)  # deadline, health checks and the seed: the suite profile (conftest.py)
 
 
 @SETTINGS
