@@ -7,7 +7,7 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 # In-tree plugins are installed editable so the entry-point group `xr0.plugins` finds them.
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(PLUGINS))
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install mutants clean-venv
 
 demo: $(STAMP)
 	$(PY) -m xr0.cli demo
@@ -16,6 +16,11 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 install: $(STAMP)
+
+# On demand, never in CI: mutate the critical modules and check their tests notice (tools/mutants.toml).
+# `make mutants ONLY="executor rtc"` runs some targets; a full run takes about an hour on 2 busy cores.
+mutants: $(STAMP)
+	$(PY) tools/mutants.py $(ONLY)
 
 $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	@# Keep a torch that is already there (a user's CUDA build): in .venv, or in the system Python,

@@ -148,3 +148,27 @@ def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):
 def test_resume_with_no_checkpoints_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="start without --resume"):
         find_resume_checkpoint(tmp_path)
+
+
+def test_readable_means_a_lightning_dict_and_a_sharded_folder_needs_both_parts(tmp_path):
+    torch.save({"global_step": 3}, tmp_path / "no_weights.ckpt")  # a dict, but not a checkpoint
+    torch.save(torch.zeros(2), tmp_path / "tensor.ckpt")
+    torch.save({"state_dict": {}, "global_step": 3}, tmp_path / "ok.ckpt")
+    assert [checkpoint_is_readable(tmp_path / n) for n in ("no_weights.ckpt", "tensor.ckpt", "ok.ckpt")] == [
+        False, False, True]
+    sharded = tmp_path / "step0000004.ckpt"  # torch.distributed.checkpoint folder: .metadata + Lightning's meta.pt
+    sharded.mkdir()
+    torch.save({"global_step": 4}, sharded / "meta.pt")
+    assert not checkpoint_is_readable(sharded)  # .metadata is written last: without it the save never finished
+    (sharded / ".metadata").write_bytes(b"x")
+    assert checkpoint_is_readable(sharded)
+    torch.save({"epoch": 0}, sharded / "meta.pt")
+    assert not checkpoint_is_readable(sharded)
+
+
+def test_a_set_aside_checkpoint_is_never_resumed_from(tmp_path):
+    """`recover_last` renames unreadable files `<stem>.corrupt-<time>.ckpt`; even one that reads fine later (a
+    flaky disk) is no candidate: the run continues from the newest checkpoint it did not set aside."""
+    torch.save({"state_dict": {}, "global_step": 2}, tmp_path / "step0000002.ckpt")
+    torch.save({"state_dict": {}, "global_step": 9}, tmp_path / "last.corrupt-20260101-000000.ckpt")
+    assert find_resume_checkpoint(tmp_path) == tmp_path / "step0000002.ckpt"
