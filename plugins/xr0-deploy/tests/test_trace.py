@@ -83,6 +83,40 @@ def test_model_honours_the_prefix_without_the_executor_overwriting_it():
     assert not np.allclose(new[3:6], old[7:10])  # the rest is a fresh prediction
 
 
+class IgnoresPrefix:
+    """A policy that answers every request with a fresh random chunk, whatever prefix it is sent: only the executor
+    can keep the committed actions."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def infer(self, obs, prefix=None, rtc=None):
+        return self.rng.uniform(-0.8, 0.8, (T, 7))
+
+
+@pytest.mark.parametrize("mode, d, committed", [("async", 2, PREFIX), ("async", 4, PREFIX), ("rtc", 3, 3)])
+def test_committed_actions_run_even_when_the_policy_ignores_the_prefix(mode, d, committed):
+    """Async: the prefix was promised to the arm, so the new chunk's first Δt_c actions are overwritten with it.
+    RTC: only the actions that ran before the chunk arrived (its frozen steps) are kept; the rest stays the model's."""
+    arm = SimArm(dof=7)
+    ex = Executor(ExecutorConfig(mode=mode, exec_steps=TE, prefix_steps=PREFIX, keep_chunks=True), Safety(arm.limits))
+    trace = simulate(ex, IgnoresPrefix(), arm, 60, d)
+    by_tick = {r["tick"]: r for r in trace}
+    checked = 0
+    for cid, req in ex.requests.items():
+        if req.prefix is None or cid not in ex.chunks:
+            continue
+        n = min(committed, len(req.prefix))
+        np.testing.assert_array_equal(ex.chunks[cid][:n], req.prefix[:n])
+        if len(req.prefix) > n:  # RTC's guidance target beyond the frozen steps is not copied in
+            assert not np.allclose(ex.chunks[cid][n:len(req.prefix)], req.prefix[n:])
+        for i in range(n):  # what the arm ran around the switch is the committed action, tick by tick
+            if req.tick + i in by_tick and by_tick[req.tick + i]["action"] is not None:
+                np.testing.assert_allclose(by_tick[req.tick + i]["action"], req.prefix[i])
+        checked += 1
+    assert checked >= 5
+
+
 @pytest.mark.parametrize("d", [1, 3])
 def test_sync_idles_exactly_the_inference_ticks(d):
     ex, trace, _ = run("sync", d, ticks=50)
