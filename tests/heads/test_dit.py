@@ -63,6 +63,32 @@ def test_scalar_tau_equals_the_same_tau_per_token():
     assert torch.allclose(a[0], c[0], atol=1e-6) and not torch.allclose(a[1], c[1], atol=1e-4)
 
 
+def test_sink_and_state_carry_the_samples_smallest_action_tau():
+    """A clean prefix carries τ=1, the noisy actions the sampled τ: SINK and state take the noisy level (the min over
+    the sample's action tokens), never the prefix's 1. Read at the τ embedding the modulation is computed from."""
+    from xr0.nn import timestep_embedding
+
+    dit, ctx = make_dit(), make_ctx()
+    state, acts, _ = inputs()
+    noisy = torch.arange(8)[None].expand(2, 8) >= torch.tensor([[3], [0]])  # sample 0: 3 clean, sample 1: none
+    tau = torch.tensor([[1.0, 1.0, 1.0, 0.35, 0.35, 0.35, 0.35, 0.35],
+                        [0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]])
+    seen = []
+    hook = dit.t_mlp.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach().clone()))
+    try:
+        out = dit(ctx, state, acts, tau, causal_mask(8), noisy)
+    finally:
+        hook.remove()
+    emb = seen[0]  # (B, 2+T, 256): the embedding of each token's τ
+    for b, level in ((0, 0.35), (1, 0.6)):
+        want = timestep_embedding(torch.tensor([level, level]), dit.t_embed_dim)
+        torch.testing.assert_close(emb[b, :2], want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(emb[b, 2:], timestep_embedding(tau[b], dit.t_embed_dim), rtol=0, atol=1e-6)
+    # the released layout gives every token the noisy τ: SINK/state agree with it, so only the prefix rows differ
+    shared = dit(ctx, state, acts, torch.where(noisy, tau, torch.full_like(tau, 0.35)), causal_mask(8), noisy)
+    assert torch.allclose(shared[1], out[1]) and not torch.allclose(shared[0, :3], out[0, :3], atol=1e-4)
+
+
 @pytest.mark.parametrize("mask_fn, changes", [(lambda t: lambda_mask(t, 4), False), (causal_mask, True)])
 def test_far_prefix_action_reaches_a_late_noisy_token_only_under_causal(mask_fn, changes):
     """One DiT layer: under Λ (w=4) noisy token 7 cannot see prefix action 0; under causal it can."""

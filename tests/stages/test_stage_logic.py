@@ -75,6 +75,19 @@ def test_stage_flow_steps_reach_the_policy(fake_policy):
     assert DiTFlow(TinyBackbone(), FlowHead(), None, None, flow_steps=7).policy.flow_steps == 7
 
 
+def test_prefix_length_stays_below_the_chunk(fake_policy):
+    """Δt_c is drawn from {0..6} whatever the chunk: on a chunk of 4 it is clamped to 3, so at least one action is
+    noisy and the loss has something to train (SPEC §2 stage 3)."""
+    drawn = torch.tensor([0, 2, 3, 4, 6, -1])
+    mod = PostTrain(TinyBackbone(), FlowHead(), None, None, mode="async",
+                    prefix_sampler=lambda b, device=None: drawn[:b].to(device), plot_every_n_steps=0)
+    got = mod.sample_prefix({"actions": torch.zeros(6, 4, 32)})
+    assert got.dtype == torch.long and got.tolist() == [0, 2, 3, 3, 3, 0]
+    assert mod.sample_prefix({"actions": torch.zeros(6, 7, 32)}).tolist() == [0, 2, 3, 4, 6, 0]
+    sync = PostTrain(TinyBackbone(), FlowHead(), None, None, mode="sync", plot_every_n_steps=0)
+    assert sync.sample_prefix({"actions": torch.zeros(6, 4, 32)}) is None
+
+
 def test_post_train_sync_rejects_async_switches(fake_policy):
     with pytest.raises(ValueError, match="mode: async"):
         PostTrain(TinyBackbone(), FlowHead(), None, None, mode="sync", reweight=True)
