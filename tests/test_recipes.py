@@ -103,10 +103,20 @@ def test_paper_chunk_sizes():
 def test_stock_recipe_runs_tiny(path, tmp_path):
     from xr0.run import fit
 
+    import yaml
+
     tree = validate(load_recipe(path, SYNTHETIC if stock_card(path) else []))
     out = fit(str(path), tiny_overrides(tree, tmp_path / "run"))
-    assert (out / "checkpoints" / "last.ckpt").is_file()
-    assert (out / "recipe.yaml").is_file()
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["xr0_stage"] == tree["stage"]["name"]
+    assert ckpt["optimizer_states"][0]["state"], "the optimiser took its steps"
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved == ckpt["xr0_recipe"]  # the recipe beside the checkpoints is the one inside them
+    assert saved["stage"]["backbone"] == {"name": "qwen3vl", "tiny": {}} and saved["trainer"]["max_steps"] == 2
+    if tree["stage"]["name"] != "vlm_cotrain":  # flow stages: the DiT trained is the tiny one, on the recipe's chunk
+        assert saved["stage"]["head"]["depth"] == 2 and saved["stage"]["head"]["chunk"] == 4  # `_chunk=4`
+        assert ckpt["xr0_processor"]["chunk"] == 4  # the processor serving will use is the trained one
 
 
 def test_tiny_chain_1_2_3(tmp_path):

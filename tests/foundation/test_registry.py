@@ -47,6 +47,27 @@ def test_unknown_name_without_close_match_has_no_hint():
     assert "Did you mean" not in str(exc.value)
 
 
-def test_builtin_registries_load_their_package():
-    # the first look-up imports xr0.backbones, whose import registers the built-ins
-    assert isinstance(BACKBONES.names(), list)
+def test_builtin_registries_load_their_package(tmp_path, monkeypatch):
+    """The first look-up imports the kind's package, whose import registers the built-ins."""
+    import sys
+    import types
+
+    from xr0.registry import HEADS, MASKS, SAMPLERS
+
+    assert "qwen3vl" in BACKBONES.names() and BACKBONES.get("qwen3vl").__module__ == "xr0.backbones.qwen3vl"
+    assert {"dit", "choice_policy"} <= set(HEADS.names()) and {"causal", "lambda"} <= set(MASKS.names())
+    assert {"beta", "uniform", "logit_normal", "prefix"} <= set(SAMPLERS.names())
+    # the mechanism, on a package of our own: nothing is imported until the first look-up, which imports it once
+    reg = Registry("widget", builtin="xr0_test_widgets")
+    holder = types.ModuleType("xr0_test_widget_holder")
+    holder.REG, holder.imports = reg, 0
+    monkeypatch.setitem(sys.modules, "xr0_test_widget_holder", holder)
+    (tmp_path / "xr0_test_widgets.py").write_text(
+        "import xr0_test_widget_holder as h\nh.imports += 1\nh.REG.register('cog')(lambda: 'cog')\n"
+        "h.REG.register('axle')(lambda: 'axle')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "xr0_test_widgets", raising=False)
+    assert holder.imports == 0 and "xr0_test_widgets" not in sys.modules
+    assert reg.names() == ["axle", "cog"] and reg.build("cog") == "cog"
+    assert holder.imports == 1
+    sys.modules.pop("xr0_test_widgets", None)
