@@ -5,7 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+# two training processes (and for FSDP two runs of them) share CI's 2 cores: more than the suite's per-test limit
+TWO_PROCESSES = pytest.mark.timeout(900)
+
+
+@TWO_PROCESSES
 def test_two_process_ddp_reads_disjoint_data_and_ends_identical(tmp_path):
     script = Path(__file__).with_name("ddp_run.py")
     res = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600)
@@ -45,6 +51,7 @@ def _two_ranks(out: Path, strategy: str, *resume: str) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
+@TWO_PROCESSES
 def test_two_process_fsdp_on_cpu_shards_trains_and_resumes_from_a_sharded_checkpoint(tmp_path):
     a_out = tmp_path / "a"
     a = _two_ranks(a_out, "fsdp")  # with trainer.accelerator=cpu the fsdp preset is FSDP2

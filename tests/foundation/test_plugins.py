@@ -44,9 +44,11 @@ def test_broken_plugin_names_its_distribution(monkeypatch):
 
 
 def test_cli_plugins_and_ls_list_the_example():
-    out = subprocess.run([sys.executable, "-m", "xr0.cli", "plugins"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "xr0.cli", "plugins"], capture_output=True, text=True, check=True,
+                         timeout=120)
     assert "xr0-embodiment-example" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "xr0.cli", "ls", "embodiment"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "xr0.cli", "ls", "embodiment"], capture_output=True, text=True, check=True,
+                         timeout=120)
     assert "xr0-embodiment-example" in out.stdout
 
 

@@ -24,35 +24,48 @@ def _cmd(out: Path, *extra: str) -> list[str]:
             "data.num_samples=256", *extra]
 
 
+def _steps(ckpts: Path) -> dict[str, int]:
+    """global_step of every complete checkpoint in the folder, by file name."""
+    return {p.name: torch.load(p, map_location="cpu", weights_only=True)["global_step"]
+            for p in sorted(ckpts.glob("*.ckpt")) if checkpoint_is_readable(p)}
+
+
 def test_sigkill_then_resume_last_continues_from_the_last_checkpoint(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # far longer than the test: the run is killed at a checkpoint the test saw, never in a race with its own end
+    proc = subprocess.Popen(_cmd(out, "trainer.max_steps=100000"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     ckpts = out / "checkpoints"
-    deadline = time.time() + 240
+    deadline = time.monotonic() + 240
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if len(list(ckpts.glob("step*.ckpt"))) >= 2:
-                break
+        while time.monotonic() < deadline and proc.poll() is None and len(list(ckpts.glob("step*.ckpt"))) < 2:
             time.sleep(0.2)
-        assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+        assert proc.poll() is None, f"the run exited ({proc.returncode}) before it could be killed"
+        assert len(list(ckpts.glob("step*.ckpt"))) >= 2, "no second checkpoint within 240 s"
+        os.killpg(proc.pid, signal.SIGSTOP)  # frozen: what is on disk now is what the kill leaves
+        observed = _steps(ckpts)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert _steps(ckpts) == observed  # the kill lost nothing that was complete
     killed_at = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     step0 = killed_at["global_step"]
-    assert 0 < step0 < 40
+    assert step0 == max(observed.values()) and step0 >= 8 and step0 % 4 == 0
     assert killed_at["optimizer_states"][0]["state"], "optimizer state is in the checkpoint"
 
-    res = subprocess.run(_cmd(out, "--resume", "last"), capture_output=True, text=True, timeout=300)
+    final_step = step0 + 8  # two more checkpoints
+    res = subprocess.run(_cmd(out, f"trainer.max_steps={final_step}", "--resume", "last"), capture_output=True,
+                         text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "resuming from" in res.stdout
+    assert f"resuming from {ckpts / 'last.ckpt'}" in res.stdout
     final = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
-    assert final["global_step"] == 40
+    assert final["global_step"] == final_step
     # the learning-rate schedule continued rather than restarting its warmup
-    assert final["lr_schedulers"][0]["last_epoch"] == 40
-    assert len(list(ckpts.glob("step*.ckpt"))) == 2  # keep_last_k
+    assert final["lr_schedulers"][0]["last_epoch"] == final_step
+    assert sorted(_steps(ckpts).values()) == [step0 + 4, final_step, final_step]  # keep_last_k=2, and last.ckpt
     assert (out / "recipe.yaml").is_file()
     assert not list(out.parent.glob("run-*")), "a resumed run writes into its own directory"
 

@@ -27,7 +27,7 @@ def ws():
     srv = PolicyServer(pol, pol.metadata(), port=0, max_message_bytes=64 * 1024)
     srv.start()
     with connect(f"ws://127.0.0.1:{srv.port}") as conn:
-        wire.unpackb(conn.recv())  # metadata
+        wire.unpackb(conn.recv(timeout=30))  # metadata
         yield conn
     srv.stop()
 

@@ -71,9 +71,9 @@ def test_runner_on_the_wall_clock_runs_chunks_through_the_inference_thread():
     assert np.isfinite(report.percentile(50)) and report.percentile(99) >= report.percentile(50)
 
 
-def test_executor_through_the_xr0_client_holds_while_the_server_is_down():
+def test_executor_through_the_xr0_client_holds_while_the_server_is_down(reserved_port):
     pol = sim_policy()
-    srv = PolicyServer(pol, pol.metadata(), port=0)
+    srv = PolicyServer(pol, pol.metadata(), port=reserved_port)  # reserved: it comes back on the same port
     port = srv.start()
     client = RemotePolicy(f"ws://127.0.0.1:{port}", connect_timeout=1.0, reply_timeout=5.0)
     servers = [srv]

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import time
 
 import msgpack
 import numpy as np
@@ -54,7 +52,7 @@ def test_openpi_client_drives_the_server_unchanged(server):
 def test_malformed_messages_get_error_replies_and_the_server_keeps_serving(server):
     uri = f"ws://127.0.0.1:{server.port}"
     with connect(uri) as ws:
-        wire.unpackb(ws.recv())  # metadata first
+        wire.unpackb(ws.recv(timeout=30))  # metadata first
         bad = [b"\xc1not msgpack", "a text frame", msgpack.packb([1, 2, 3]),
                wire.packb({"state": np.zeros(3)}),  # wrong state width
                wire.packb({"state": np.full(7, np.nan)}),
@@ -73,15 +71,12 @@ def test_malformed_messages_get_error_replies_and_the_server_keeps_serving(serve
 def test_oversized_message_closes_that_connection_only(server):
     uri = f"ws://127.0.0.1:{server.port}"
     with connect(uri, max_size=None) as ws:
-        wire.unpackb(ws.recv())
+        wire.unpackb(ws.recv(timeout=30))
         ws.send(wire.packb({"state": np.zeros(7), "images": {"front": np.zeros((200, 200, 3), np.uint8)}}))
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=10)
         assert info.value.rcvd is not None and info.value.rcvd.code == 1009
-    for _ in range(100):  # the server notices the close asynchronously
-        if server.counts["oversized"]:
-            break
-        time.sleep(0.01)
+    assert server.wait_for_count("oversized", 1, timeout=60)  # the server notices the close on its own thread
     assert server.counts["oversized"] == 1
     assert RemotePolicy(f"ws://127.0.0.1:{server.port}").infer(OBS).shape == (10, 7)
 
@@ -103,9 +98,11 @@ def test_api_key_is_required_when_set():
         srv.stop()
 
 
-def test_xr0_client_reconnects_after_the_server_comes_back():
+def test_xr0_client_reconnects_after_the_server_comes_back(reserved_port):
+    """The server goes away and comes back at the same address; the port stays reserved for this test meanwhile
+    (conftest.py), so nothing else can take it in between."""
     pol = sim_policy()
-    srv = PolicyServer(pol, pol.metadata(), port=0)
+    srv = PolicyServer(pol, pol.metadata(), port=reserved_port)
     port = srv.start()
     client = RemotePolicy(f"ws://127.0.0.1:{port}", connect_timeout=1.0, reply_timeout=5.0)
     first = client.infer(OBS)
@@ -127,14 +124,13 @@ def test_xr0_client_reconnects_after_the_server_comes_back():
         srv2.stop()
 
 
-def test_cli_serve_on_a_tiny_checkpoint_drives_openpi_client():
+def test_cli_serve_on_a_tiny_checkpoint_drives_openpi_client(wait_for_line):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "xr0.cli", "serve", "sim:tiny", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        line = proc.stdout.readline()  # blocks until the server prints its address (or exits)
-        match = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
-        assert match, f"no address in {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+        # `xr0 serve` prints its address once the socket is bound (port 0: the one the OS chose)
+        match = wait_for_line(proc, r"on ws://127\.0\.0\.1:(\d+)", timeout=120)
         client = openpi.WebsocketClientPolicy(host="127.0.0.1", port=int(match.group(1)))
         assert client.infer(OBS)["actions"].shape == (10, 7)
     finally:

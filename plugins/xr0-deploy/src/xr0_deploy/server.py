@@ -83,11 +83,23 @@ class PolicyServer:
         self.counts = {"connections": 0, "requests": 0, "errors": 0, "oversized": 0, "unauthorized": 0,
                        "bad_outputs": 0, "clipped_values": 0}
         self._lock = threading.Lock()
+        self._counted = threading.Condition()  # notified on every count: wait_for_count blocks on it
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
+
+    def wait_for_count(self, name: str, at_least: int, timeout: float = 10.0) -> bool:
+        """Block until `counts[name] >= at_least` or `timeout` s pass; returns whether it got there. The counters
+        change on the server's thread (a close is noticed after the client saw it), so a caller waits, bounded."""
+        with self._counted:
+            return self._counted.wait_for(lambda: self.counts[name] >= at_least, timeout)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counted:
+            self.counts[name] += n
+            self._counted.notify_all()
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> int:
@@ -137,7 +149,7 @@ class PolicyServer:
         if given is None and auth.startswith("Api-Key "):
             given = auth[len("Api-Key "):]  # openpi's client sends `Authorization: Api-Key <key>`
         if given is None or not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            self.counts["unauthorized"] += 1
+            self._count("unauthorized")
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong Api-Key header\n")
         return None
 
@@ -151,7 +163,7 @@ class PolicyServer:
             return {"actions": self.policy.infer(obs, prefix, rtc)}
 
     async def _handle(self, ws: ServerConnection) -> None:
-        self.counts["connections"] += 1
+        self._count("connections")
         await ws.send(wire.packb(self.metadata))
         prev_total_ms: float | None = None
         while True:
@@ -160,7 +172,7 @@ class PolicyServer:
             except ConnectionClosed as exc:
                 codes = {getattr(exc.sent, "code", None), getattr(exc.rcvd, "code", None)}
                 if MESSAGE_TOO_BIG in codes:
-                    self.counts["oversized"] += 1
+                    self._count("oversized")
                     log.warning("closed %s: message larger than %d bytes", ws.remote_address, self.max_message_bytes)
                 return
             start = time.perf_counter()
@@ -172,23 +184,23 @@ class PolicyServer:
                     raise OutputError(f"the policy returned a chunk of shape {actions.shape} with non-finite values")
                 infer_ms = (time.perf_counter() - start) * 1000
                 reply.update(actions=actions, server_timing={"infer_ms": infer_ms})
-                self.counts["clipped_values"] += int(reply.get("clipped", 0))
+                self._count("clipped_values", int(reply.get("clipped", 0)))
                 if prev_total_ms is not None:
                     reply["server_timing"]["prev_total_ms"] = prev_total_ms
-                self.counts["requests"] += 1  # before the reply: a client may read the counts right after it
+                self._count("requests")  # before the reply: a client may read the counts right after it
                 await ws.send(wire.packb(reply))
             except ConnectionClosed:
                 return
             except RequestError as exc:
-                self.counts["errors"] += 1
+                self._count("errors")
                 await self._error(ws, f"bad request: {exc}")
             except OutputError as exc:
-                self.counts["errors"] += 1
-                self.counts["bad_outputs"] += 1
+                self._count("errors")
+                self._count("bad_outputs")
                 log.error("refused to send a chunk: %s", exc)
                 await self._error(ws, f"inference failed: {exc}; nothing was sent to the robot")
             except Exception as exc:  # noqa: BLE001 - the server outlives any single failed inference
-                self.counts["errors"] += 1
+                self._count("errors")
                 log.error("inference failed:\n%s", traceback.format_exc())
                 await self._error(ws, f"inference failed: {type(exc).__name__}: {exc}")
             prev_total_ms = (time.perf_counter() - start) * 1000
