@@ -71,11 +71,13 @@ def test_nan_and_wrong_width_samples_inside_an_intact_shard_are_skipped_by_reaso
 
     def poison(name, data):
         if name == "e0000000_t000001.state.npy":
-            return _npy(np.full(8, np.nan))
+            return _npy(np.where(np.arange(8) == 5, np.nan, 0.3))  # one NaN among finite values
         if name == "e0000000_t000003.actions.npy":
             return _npy(np.zeros((6, 5)))  # 5 action dims for a 7-dim robot (30 values: reshape would "work")
         if name == "e0000001_t000002.actions.npy":
-            return _npy(np.full((4, 7), np.inf))
+            a = np.full((4, 7), 0.1)
+            a[2, 6] = np.inf
+            return _npy(a)
         return data
 
     _rewrite(shard, poison)
@@ -85,6 +87,38 @@ def test_nan_and_wrong_width_samples_inside_an_intact_shard_are_skipped_by_reaso
     assert all(np.isfinite(b["state"].numpy()).all() and np.isfinite(b["actions"].numpy()).all() for b in batches)
     assert any("e0000000_t000003" in m and "never reshaped" in m for m in said)
     assert dm.metrics()["data/skipped/non_finite"] == 2.0
+    assert dm.counters["source:c"] == 9  # what each card gave, for the mixture report
+
+
+def test_a_camera_left_out_of_a_sample_is_masked_and_the_others_are_read(tmp_path):
+    card = _card(tmp_path)
+    shard = Path(shard_list(load_card(card).urls)[0])
+    _rewrite(shard, lambda name, data: None if name == "e0000000_t000002.wrist.jpg" else data)
+    _, batches, _ = _read(card, shard_shuffle=0)
+    masks = [b["image_mask"][0].tolist() for b in batches]
+    assert len(batches) == 12 and masks.count([True, False]) == 1 and masks.count([True, True]) == 11
+    for b in batches:  # recorded frames are decoded (the episodes' images are not black); a missing one is black
+        imgs, m = b["images"][0], b["image_mask"][0]
+        assert all(bool(imgs[v].abs().sum() > 0) == bool(m[v]) for v in range(len(m)))
+
+
+def test_eight_unreadable_shards_before_any_sample_stop_the_card(tmp_path):
+    """MAX_EMPTY_SHARDS: a card whose first 8 shard attempts give nothing is broken, and says so at once; once a
+    shard gave samples, later broken shards are counted and skipped, never fatal."""
+    card = _card(tmp_path, maxcount=1)  # 12 samples: 12 shards
+    shards = shard_list(load_card(card).urls)
+    for s in shards[:8]:
+        Path(s).write_bytes(os.urandom(1500))
+    with pytest.raises(DataError, match=r"data card 'c': its first 8 shard attempts gave no readable sample"):
+        _read(card, shard_shuffle=0)
+
+    late = _card(tmp_path / "late", maxcount=1)
+    shards = shard_list(load_card(late).urls)
+    for s in shards[2:11]:  # 9 broken shards after two good ones
+        Path(s).write_bytes(os.urandom(1500))
+    dm, batches, said = _read(late, shard_shuffle=0)
+    assert len(batches) == 3 and dm.counters["shards_failed"] == 9
+    assert sum("failed" in m for m in said) == 9
 
 
 def test_a_truncated_shard_is_counted_and_named(tmp_path):

@@ -60,3 +60,27 @@ def test_prefix_length_may_be_one_int_for_the_batch():
 
     assert torch.equal(prefix_positions(2, 3, 4, "cpu"), prefix_positions(torch.tensor([2, 2, 2]), 3, 4, "cpu"))
     assert not prefix_positions(0, 2, 4, "cpu").any()
+
+
+def test_default_is_five_steps_and_one_step_is_allowed():
+    """Five Euler steps of 0.2 by default (SPEC §1.4); one step is the coarsest valid integration."""
+    a, eps = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    taus = []
+    out = euler_sample(lambda x, tau: taus.append(tau[0, 0].item()) or target_velocity(a, eps), eps)
+    assert taus == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8]) and torch.allclose(out, a, atol=1e-5)
+    one = euler_sample(lambda x, tau: target_velocity(a, eps), eps, steps=1)  # x + 1·(a − ε) = a
+    assert torch.allclose(one, a, atol=1e-6)
+    with pytest.raises(ValueError, match="flow steps must be >= 1"):
+        euler_sample(lambda x, tau: x, eps, steps=0)
+
+
+def test_step_mask_per_sample_or_per_chunk_step():
+    from xr0.flow import step_mask
+
+    per_sample = torch.tensor([[True, False, True], [False, True, True]])  # (B, A)
+    m = step_mask(per_sample)
+    assert m.shape == (2, 1, 3) and m.dtype == torch.bool and torch.equal(m[:, 0], per_sample)
+    per_step = torch.rand(2, 4, 3) > 0.5  # (B, T, A): the released per-timestep statistics
+    assert step_mask(per_step) is per_step
+    f = step_mask(per_sample, torch.float64)
+    assert f.dtype == torch.float64 and f.tolist() == [[[1.0, 0.0, 1.0]], [[0.0, 1.0, 1.0]]]

@@ -75,3 +75,29 @@ def test_bad_settings_are_refused():
         Lambda(window=-1)
     with pytest.raises(ValueError, match="prefix_dropout_p"):
         Causal(prefix_dropout=True, prefix_dropout_p=1.5)
+
+
+def test_window_zero_sees_only_itself_and_zero_settings_are_allowed():
+    m = Lambda(window=0)(5)
+    assert torch.equal(m[2:, 2:], torch.eye(5, dtype=torch.bool)) and m[2:, :2].all()
+    assert torch.equal(lambda_mask(5, 0), m)
+    keep_none = Causal(prefix_dropout=True, prefix_dropout_p=0.0, keep_last=0)  # p = 0 and keep_last = 0 are valid
+    assert torch.equal(keep_none(8, torch.tensor([6]), training=True)[0], causal_mask(8))
+    plen = torch.tensor([4])
+    all_gone = Causal(prefix_dropout=True, prefix_dropout_p=1.0, keep_last=0)(8, plen, training=True)[0]
+    assert not all_gone[2 + 4:, 2:6].any()  # keep_last 0: every prefix column hidden from the noisy rows
+
+
+def test_defaults_are_the_released_settings():
+    """Dropout is off unless asked for; when on, p = 0.5 sparing the last 2 prefix columns; masks are for inference
+    unless the caller says training."""
+    plen = torch.full((4000,), 6)
+    assert torch.equal(Lambda()(8, plen, training=True), lambda_mask(8, 4))  # off by default
+    on = Lambda(prefix_dropout=True)
+    assert (on.window, on.prefix_dropout_p, on.keep_last) == (4, 0.5, 2)
+    assert torch.equal(Causal(prefix_dropout=True, prefix_dropout_p=1.0)(8, plen), causal_mask(8))  # inference
+    assert torch.equal(Lambda(prefix_dropout=True, prefix_dropout_p=1.0)(8, plen), lambda_mask(8))
+    torch.manual_seed(1)
+    out = drop_prefix_columns(causal_mask(8), plen)  # the function's own defaults
+    hidden = ~out[:, 2 + 6, 2:8]  # noisy row 6 against prefix columns 0..5
+    assert abs(hidden[:, :4].float().mean().item() - 0.5) < 0.03 and not hidden[:, 4:].any()
