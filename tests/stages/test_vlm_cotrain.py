@@ -27,12 +27,13 @@ def trainer(tmp_path, steps):
 
 
 @torch.no_grad()
-def total_loss(mod, batch):
+def losses(mod, batch):
+    """(per-sample L1 of the best candidate to the robot chunk (B,), the VL next-token loss) on `batch`."""
     r, v = batch["robot"], batch["vl"]
     cand, scores = mod.choice_forward(r)
-    robot = mod.head.loss(cand, scores, r["actions"], r["action_mask"])["loss"]
+    out = mod.head.loss(cand, scores, r["actions"], r["action_mask"])
     inputs = mod.backbone.prepare(v["images"], v["image_mask"], v["prompt"], answers=v["answer"])
-    return (robot + mod.backbone.lm_loss(inputs)[0]).item()
+    return out["l1_best"], mod.backbone.lm_loss(inputs)[0].item()
 
 
 def test_split_kinds():
@@ -50,18 +51,20 @@ def test_stage1_overfits_fixed_batch_and_logs_metrics(tmp_path):
     mod = VLMCoTrain(TinyBackbone(), ChoicePolicyHead(chunk=4, num_candidates=3),
                      optim=OptimConfig(lr=3e-3, warmup_steps=2))
     batch = {"robot": robot_batch(), "vl": vl_batch()}
-    before = total_loss(mod, batch)
+    best_before, vl_before = losses(mod, batch)
     tr = trainer(tmp_path, 40)
     tr.fit(mod, DataLoader(Fixed(batch), batch_size=None))
-    after = total_loss(mod, batch)
-    assert after < 0.5 * before
+    best_after, vl_after = losses(mod, batch)
+    # co-training trains both halves on the trained samples: each sample's winning candidate moves toward its chunk
+    # (only the winner gets the action gradient), and the VL answers become likelier
+    assert (best_after < 0.9 * best_before).all(), (best_before, best_after)
+    assert vl_after < 0.5 * vl_before, (vl_before, vl_after)
     logged = tr.logged_metrics
     for key in ("train/l1_chosen", "train/l1_best", "train/rank_accuracy", "train/vl_token_accuracy",
                 "train/vl_perplexity", "train/vl_fraction"):
         assert key in logged, key
     assert logged["train/vl_fraction"] == pytest.approx(0.5)  # 2 robot + 2 VL samples per step
     assert logged["train/l1_best"] <= logged["train/l1_chosen"] + 1e-6
-    assert mod.predict_chunk(robot_batch()).shape == (2, 4, 32)
 
 
 def test_stage1_rejects_a_non_choice_head():
