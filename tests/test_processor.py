@@ -188,3 +188,107 @@ def test_validate_checks_the_image_size_rule_before_any_training(capsys):
     out = capsys.readouterr().out
     assert "data.image_size: image size 30x30 must be positive multiples of the backbone's patch*merge = 28" in out
     assert main(["validate", "recipes/tiny/stage2.yaml", "--set", "data.image_size=56"]) == 0
+
+
+# ---------------------------------------------------------------- geometry, edges and tolerances, by hand
+def _bbox(img: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the non-black pixels, inclusive."""
+    rows, cols = np.nonzero(img.max(axis=2))
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+@pytest.mark.parametrize("h, w, box", [
+    (10, 40, (7, 20, 0, 55)),  # wide: scale min(28/10, 56/40) = 1.4 → 14×56, centred: rows 7..20
+    (40, 10, (0, 27, 24, 30)),  # tall: scale 0.7 → 28×7, centred: columns (56-7)//2 = 24..30
+    (1, 200, (13, 13, 0, 55)),  # a 1-pixel line: height rounds to 0 and is kept at 1 pixel, row (28-1)//2 = 13
+])
+def test_letterbox_scales_to_fit_and_centres_as_computed_by_hand(h, w, box):
+    spec = ImageSpec(size=(28, 56), factor=28, resample="nearest")
+    out = spec.fit(np.full((h, w, 3), 180, np.uint8))
+    assert out.shape == (28, 56, 3) and _bbox(out) == box
+    assert out[box[0]:box[1] + 1, box[2]:box[3] + 1].min() == 180  # the picture fills its box
+
+
+def test_an_observation_with_every_camera_missing_is_black_at_the_model_size():
+    s = processor().observation({"state": np.zeros(5), "images": {"scene": None}})
+    assert s["images"].shape == (2, 28, 56, 3) and not s["images"].any() and not s["image_mask"].any()
+
+
+def test_an_episode_without_future_actions_pads_with_zero_targets():
+    emb = arm()
+    state = np.array([1.0, 2.0, 3.0, 0.5, 0.0], np.float32)
+    rel, valid = canonical_chunk(emb, np.zeros((0, 4), np.float32), state, 2)
+    assert not valid.any()
+    np.testing.assert_allclose(rel[:, [4, 5, 6, 9]], [[-1.0, -2.0, -3.0, 0.0]] * 2)  # absolute 0, made relative
+
+
+def test_statistics_given_once_apply_to_every_chunk_step_and_a_zero_std_normalises_by_one():
+    rng = np.random.default_rng(2)
+    mean, std = rng.normal(0.2, 0.3, 32).astype(np.float32), rng.uniform(0.5, 2.0, 32).astype(np.float32)
+    std[9] = 0.0  # a constant gripper in the data
+    p = Processor(arm(), ImageSpec(size=(28, 56), factor=28), T, mean, std)
+    assert p.action_mean.shape == (T, 32) and np.all(p.action_mean == mean) and np.all(p.action_std[:, 4] == std[4])
+    assert np.all(p.action_std[:, 9] == 1.0)
+    x, _ = p.actions(np.array([[0.6, -0.9, 1.4, 1.0]], np.float32), np.zeros(5, np.float32))
+    np.testing.assert_allclose(x[:, 9], 1.0 - mean[9], rtol=1e-6)  # (a − mean) / 1
+    floor = Processor(arm(), ImageSpec(size=(28, 56), factor=28), T, mean, np.full(32, 1e-6, np.float32))
+    assert np.all(floor.action_std == np.float32(1e-6))  # at the floor is not below it
+
+
+def test_state_exactly_at_the_bound_is_accepted():
+    mean, std = np.full(32, 0.25, np.float32), np.full(32, 0.5, np.float32)
+    p = Processor(arm(), ImageSpec(size=(28, 56), factor=28), T, np.zeros((T, 32)), np.ones((T, 32)), mean, std)
+    raw = np.array([0.0, 0.0, 0.0, 0.0, 50.25], np.float32)  # (50.25 − 0.25) / 0.5 = 100 std: the bound itself
+    assert p.state(raw)[7] == 100.0
+    with pytest.raises(ObservationError, match="std from the training mean"):
+        p.state(np.array([0.0, 0.0, 0.0, 0.0, 50.5], np.float32))
+
+
+def test_model_state_back_to_robot_units():
+    p = processor()
+    raw = np.array([0.5, -1.25, 2.0, 0.8, 13.0], np.float32)
+    np.testing.assert_allclose(p.raw_from_model_state(p.state(raw)), raw, rtol=1e-5)
+    plain = Processor(arm(), ImageSpec(size=(28, 56), factor=28), T, np.zeros((T, 32)), np.ones((T, 32)))
+    canon = plain.state(raw)  # no state statistics: the raw state in the canonical layout
+    np.testing.assert_array_equal(plain.raw_from_model_state(canon), raw)
+
+
+def test_prefix_limits_are_one_range_beyond_each_limit():
+    """A committed action ran on the robot, so it is within its limits up to slack of one range (joints [-2, 2]:
+    [-6, 6]; gripper [0, 1]: [-1, 2]); one value past that, or one NaN, refuses the prefix."""
+    p, state = processor(), np.zeros(5, np.float32)
+    ok = np.array([[-6.0, 5.9, 0.0, 2.0], [0.1, 0.2, 0.3, -1.0]])
+    assert p.prefix(ok, state).shape == (2, 32)
+    assert p.prefix(np.zeros((T, 4)), state).shape == (T, 32)  # a whole chunk may be committed
+    for i, j, v in ((0, 0, -6.1), (1, 3, 2.05), (0, 2, 6.2), (1, 3, -1.1)):
+        bad = ok.copy()
+        bad[i, j] = v
+        with pytest.raises(ObservationError, match="far outside the limits"):
+            p.prefix(bad, state)
+    nan = ok.copy()
+    nan[1, 2] = np.nan
+    with pytest.raises(ObservationError, match="prefix_actions: NaN or inf"):
+        p.prefix(nan, state)
+
+
+def _encode(p: Processor, actions: np.ndarray) -> np.ndarray:
+    """Model output that decodes to `actions` (T, 4) in robot units (zero state: relative = absolute)."""
+    x = np.zeros((T, 32))
+    for j, slot in enumerate((4, 5, 6, 9)):
+        x[:, slot] = (actions[:, j] - p.action_mean[:, slot].astype(np.float64)) / p.action_std[:, slot]
+    return x
+
+
+def test_clip_count_forgives_rounding_of_a_millionth_of_the_range_only():
+    """Values past a limit by less than 1e-6 × max(range, 1) are clipped silently (float rounding); further ones are
+    clipped and counted. Joints span 4 (tolerance 4e-6), the gripper 1 (tolerance 1e-6)."""
+    p, state = processor(), np.zeros(5, np.float32)
+    a = np.full((T, 4), 0.5)
+    a[0, 0] = 2.0 + 2e-6  # joint: inside its tolerance
+    a[1, 3] = 1.0 + 0.5e-6  # gripper: inside its tolerance
+    out, clipped = p.decode(_encode(p, a), state)
+    assert clipped == 0 and out[0, 0] == 2.0 and out[1, 3] == 1.0
+    a[0, 0] = 2.0 + 8e-6  # joint: past 4e-6
+    a[2, 3] = 1.0 + 1.6e-6  # gripper: past 1e-6
+    a[1, 1] = -2.0 - 9e-6
+    assert p.decode(_encode(p, a), state)[1] == 3

@@ -237,6 +237,9 @@ def start(target: Target, tree: ast.Module, log: Path) -> int:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         sys.meta_path.insert(0, MutantFinder(target.module, target.file, code))
+        os.environ["OMP_NUM_THREADS"] = "1"  # for any subprocess a test starts
+        if "torch" in sys.modules:  # one intra-op thread: on shared cores more threads only oversubscribe them
+            sys.modules["torch"].set_num_threads(1)
         import pytest
 
         os.chdir(ROOT)
