@@ -201,6 +201,7 @@ def _bbox(img: np.ndarray) -> tuple[int, int, int, int]:
     (10, 40, (7, 20, 0, 55)),  # wide: scale min(28/10, 56/40) = 1.4 → 14×56, centred: rows 7..20
     (40, 10, (0, 27, 24, 30)),  # tall: scale 0.7 → 28×7, centred: columns (56-7)//2 = 24..30
     (1, 200, (13, 13, 0, 55)),  # a 1-pixel line: height rounds to 0 and is kept at 1 pixel, row (28-1)//2 = 13
+    (200, 1, (0, 27, 27, 27)),  # a 1-pixel column: width kept at 1 pixel, column (56-1)//2 = 27
 ])
 def test_letterbox_scales_to_fit_and_centres_as_computed_by_hand(h, w, box):
     spec = ImageSpec(size=(28, 56), factor=28, resample="nearest")
