@@ -93,7 +93,9 @@ class LoadedPolicy:
 def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedPolicy:
     """Rebuild the stage a checkpoint (or export dir) was trained with, load its weights, return its policy."""
     from xr0 import config
+    from xr0.plugins import load_plugins
 
+    load_plugins()  # the recipe may name plugin parts (an entry point of its own: serving from Python)
     weights, meta = read_state(path)
     recipe = meta.get("xr0_recipe")
     if not recipe or "stage" not in recipe:

@@ -40,6 +40,19 @@ TOP_LEVEL = {"inherit", "stage", "data", "trainer", "run", "embodiment", "descri
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
+@dataclasses.dataclass
+class RunConfig:
+    """The `run:` section: where a run writes, how it checkpoints, how it survives bad steps (used by xr0.run)."""
+
+    out_dir: str = "runs/${stage.name}"
+    seed: int = 0
+    checkpoint_every_n_steps: int = 500
+    keep_last_k: int = 3
+    tensorboard: bool = True
+    max_nonfinite_steps: int = 5  # consecutive skipped non-finite steps before the run stops
+    activation_checkpointing: bool = False  # with trainer.strategy=fsdp: checkpoint each wrapped block
+
+
 class RecipeError(ValueError):
     """A recipe problem, with the YAML path of the bad key in the message (`problems`: one line each)."""
 
@@ -329,8 +342,6 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             problems += _check_keys("trainer", tree["trainer"], params, set(), "lightning.Trainer")
             problems += _check_types("trainer", tree["trainer"], hints)
     if isinstance(tree.get("run"), dict):
-        from xr0.run import RunConfig
-
         fields = {f.name: f for f in dataclasses.fields(RunConfig)}
         problems += _check_keys("run", tree["run"] or {}, fields, set(), "run")
         problems += _check_types("run", tree["run"] or {}, _dataclass_hints(RunConfig))
