@@ -1,6 +1,6 @@
 """The policy: VLM backbone + DiT action expert, trained by flow matching and sampled with Euler steps.
 
-`predict_chunk` runs the VLM once and reuses its KV cache for every flow step (SPEC §1.4). `flow_loss`
+`predict_chunk` runs the VLM once and reuses its KV cache for every flow step (docs/method.md §1.4). `flow_loss`
 covers stage 2 (no prefix) and stage 3 async (clean Δt_c prefix, loss on the rest, optional re-weighting).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from xr0 import flow
 from xr0.flow import step_mask
 from xr0.types import VLMContext
 
-REWEIGHT_CLAMP = (0.5, 5.0)  # SPEC §2 stage 3
+REWEIGHT_CLAMP = (0.5, 5.0)  # docs/method.md §2.3
 
 
 

@@ -1,4 +1,4 @@
-"""Flow matching (SPEC §1.4): interpolation, target velocity, per-token τ, and the Euler sampler."""
+"""Flow matching (docs/method.md §1.4): interpolation, target velocity, per-token τ, and the Euler sampler."""
 import pytest
 import torch
 

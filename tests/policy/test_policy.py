@@ -108,7 +108,7 @@ def test_predict_chunk_keeps_the_prefix_and_conditions_on_it():
 
 
 def _expected_loss(policy, batch, ctx, tau_value, prefix_len, seed, weight=None):
-    """The flow-matching loss written out from SPEC §1.4 / §2 stage 3, replaying the policy's random draws."""
+    """The flow-matching loss written out from docs/method.md §1.4 and §2.3, replaying the policy's random draws."""
     a = batch["actions"]
     torch.manual_seed(seed)
     eps = torch.randn_like(a)

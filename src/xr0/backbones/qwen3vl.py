@@ -1,4 +1,4 @@
-"""Backbone adapter over transformers' Qwen3VLForConditionalGeneration (SPEC §1.1).
+"""Backbone adapter over transformers' Qwen3VLForConditionalGeneration (docs/method.md §1.1).
 
 `prepare` turns images + instructions into model inputs (the tokenizer's chat template and our own torch
 patchify, so nothing depends on the torchvision-backed processors); `context` runs one forward with

@@ -1,4 +1,4 @@
-"""The DiT action expert (SPEC §1.2): a flow-matching transformer that reads the VLM's KV cache.
+"""The DiT action expert (docs/method.md §1.2): a flow-matching transformer that reads the VLM's KV cache.
 
 Tokens: [SINK, state, a_0 … a_{T-1}]. DiT layer i attends to [K/V of VLM layer L-K+i ; its own K/V]
 (the backbone hands over the last K layers, K = depth), so the VLM never sees DiT tokens (one-way MoT).

@@ -1,4 +1,4 @@
-"""Attention masks over the DiT tokens [SINK, state, a_0 … a_{T-1}] (SPEC §1.3). True = row may attend column.
+"""Attention masks over the DiT tokens [SINK, state, a_0 … a_{T-1}] (docs/method.md §1.3). True = row may attend column.
 
 Every DiT token also sees every valid VLM token; these masks cover only the DiT-to-DiT block. A mask component
 is called as mask(num_actions, prefix_len, training, device)

@@ -26,7 +26,7 @@ VLM_CONFIG = "vlm_config.json"  # the release's Qwen3-VL config alone, for build
 # The released inference path (modeling_mibot.py, MiBoTForActionGeneration.forward): lower-triangular mask
 # over [SINK, state, actions], no committed-action prefix, positions continue at max VLM position + 1 with no
 # offset for noisy tokens, one scalar τ per sample for every DiT token, 5 Euler steps from τ=0, raw
-# (un-normalised, zero-padded) state. xr0 defaults differ (SPEC §1.2-1.3), hence explicit switches.
+# (un-normalised, zero-padded) state. xr0 defaults differ (docs/method.md §1.2–1.3), hence explicit switches.
 PARITY = {"mask": "causal", "rope_offset": 0, "prefix_tau": "shared", "async_prefix": False,
           "num_steps": 5, "state_norm": "none"}
 

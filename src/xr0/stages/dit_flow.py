@@ -1,4 +1,4 @@
-"""Stage 2 — frozen-VLM DiT training (SPEC §2 stage 2, paper §2.2.1).
+"""Stage 2 — frozen-VLM DiT training (docs/method.md §2.2, paper §2.2.1).
 
 The VLM (from a stage-1 checkpoint via `init_from`, or a Hugging Face directory via
 `backbone.pretrained`) is frozen: no gradients, eval mode, its forward under no_grad. Its input is

@@ -1,4 +1,4 @@
-"""Stage 3 — post-training on one robot, sync or async (SPEC §2 stage 3, paper §2.2.2).
+"""Stage 3 — post-training on one robot, sync or async (docs/method.md §2.3, paper §2.2.2).
 
 `mode: sync` trains VLM + DiT (or LoRA on the VLM, via the backbone's `lora` option) with the stage-2
 loss. `mode: async` prefixes Δt_c clean ground-truth actions (Δt_c from the `prefix` sampler) before

@@ -1,4 +1,4 @@
-"""Stage 1 — choice-policy VLM co-training (SPEC §2 stage 1, paper §2.2.1).
+"""Stage 1 — choice-policy VLM co-training (docs/method.md §2.1, paper §2.2.1).
 
 Robot batches: the VLM reads `o_t, l, s_t, [A_1..A_T], [S]` (the last T+2 embeddings come from the
 choice-policy head) and the head turns their outputs into N candidate chunks and N scores.

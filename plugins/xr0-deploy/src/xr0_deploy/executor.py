@@ -1,4 +1,4 @@
-"""The chunk executor (SPEC §3): pure and clock-driven, one call per control tick, no threads inside.
+"""The chunk executor (docs/method.md §3): pure and clock-driven, one call per control tick, no threads inside.
 
 A driver (the simulator, the real-time runner) owns time and inference. Each tick it hands over the
 chunks that finished (`deliver` / `fail`), calls `tick(k)`, starts the inference the returned `Step`

@@ -34,7 +34,7 @@ class Resampler:
     def __init__(self, keep: int = 64):
         self._buf: dict[str, deque[Reading]] = {}
         self._keep = keep
-        self._nearest = nearest_index  # xr0.data.resample's nearest-timestamp rule (SPEC §3)
+        self._nearest = nearest_index  # xr0.data.resample's nearest-timestamp rule (docs/method.md §3)
 
     def add(self, reading: Reading) -> None:
         self._buf.setdefault(reading.name, deque(maxlen=self._keep)).append(reading)
