@@ -101,8 +101,8 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> L
     if not recipe or "stage" not in recipe:
         raise ValueError(f"{path} carries no xr0_recipe: it was not written by `xr0 fit` (or the run predates "
                          f"metadata); cannot rebuild the model without the recipe")
+    # init_from stays as trained: stages read it only in Lightning's setup, which rebuilding never calls
     stage_tree = _export_paths(dict(recipe["stage"]), Path(path) if Path(path).is_dir() else None)
-    stage_tree["init_from"] = None  # the weights come from this checkpoint, not from the earlier stage
     broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
         raise CheckpointMismatch(f"{path}: {len(broken)} weight tensors hold NaN or inf (first: {broken[0]}); this "

@@ -11,7 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from xr0 import flow
+from xr0.backbones.protocol import POLICY_MEMBERS
+from xr0.backbones.protocol import check as check_backbone
 from xr0.flow import step_mask
+from xr0.heads.protocol import require
 from xr0.types import VLMContext
 
 REWEIGHT_CLAMP = (0.5, 5.0)  # docs/method.md §2.3
@@ -27,8 +30,11 @@ class Policy(nn.Module):
             raise ValueError(f"flow_steps must be >= 1, got {flow_steps}")
         self.backbone, self.head, self.mask, self.tau_sampler = backbone, head, mask, tau_sampler
         self.flow_steps = flow_steps
-        if hasattr(head, "check_backbone"):
-            head.check_backbone(backbone.num_layers, backbone.num_kv_heads, backbone.head_dim)
+        check_backbone(backbone, POLICY_MEMBERS)  # the contracts (xr0.backbones.protocol, xr0.heads.protocol), named when unmet
+        require(head, "flow", "the policy (stages dit_flow, post_train)")
+        head.bind(backbone.head_dim)  # a head_dim the recipe left null follows the VLM
+        head.check_backbone(backbone.num_layers, backbone.num_kv_heads, backbone.head_dim)
+        self.special = len(head.special_tokens)  # the masks are built over the head's own special tokens
 
     # ------------------------------------------------------------------ VLM
     def context(self, batch: dict[str, Any]) -> VLMContext:
@@ -43,7 +49,7 @@ class Policy(nn.Module):
         b, t, _ = x_tau.shape
         is_prefix = flow.prefix_positions(prefix_len, b, t, x_tau.device)  # (B,T)
         amask = step_mask(batch["action_mask"], x_tau.dtype)  # (B,1,A) or (B,T,A)
-        mask = self.mask(t, prefix_len, training=training, device=x_tau.device)
+        mask = self.mask(t, prefix_len, training=training, device=x_tau.device, special=self.special)
         return self.head(ctx, batch["state"], x_tau * amask, tau, mask, noisy=~is_prefix)  # (B,T,A)
 
     @torch.no_grad()
@@ -56,7 +62,8 @@ class Policy(nn.Module):
         if noise is None:
             noise = torch.randn(b, t, a_dim, device=state.device, dtype=state.dtype)
         is_prefix = flow.prefix_positions(prefix_len, b, t, noise.device)  # (B,T)
-        inputs = self.head.prepare(ctx, self.mask(t, prefix_len, training=False, device=noise.device), ~is_prefix)
+        mask = self.mask(t, prefix_len, training=False, device=noise.device, special=self.special)
+        inputs = self.head.prepare(ctx, mask, ~is_prefix)
         amask = step_mask(amask, noise.dtype)  # (B,1,A) or (B,T,A)
         fn = lambda x, tau: self.head.step(inputs, state, x * amask, tau)
         x = flow.euler_sample(fn, noise, steps or self.flow_steps, prefix, prefix_len, self.head.prefix_tau)

@@ -2,7 +2,7 @@
 
 The VLM reads `o_t, l, s_t, [A_1] … [A_T], [S]`: this head supplies the last T+2 input embeddings (an
 MLP-embedded state token and T+1 learnable tokens) and maps their VLM outputs to N candidate chunks
-(from the [A_i] outputs) and N scores (from [S]). Only the best candidate gets the action gradient
+(from the [A_i] outputs) and N scores (from [S]); it implements xr0.heads.protocol.ChoiceHead. Only the best candidate gets the action gradient
 (winner-takes-all); the scores regress every candidate's detached L1, and inference returns the
 candidate with the lowest score.
 """

@@ -103,13 +103,19 @@ def configure_optimizers(module: Any, optim: OptimConfig) -> dict[str, Any]:
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 
-# ---------------------------------------------------------------- freezing
-def freeze(module: nn.Module) -> None:
-    """No gradients and eval mode (dropout off); the stage keeps it in eval across Lightning's .train()."""
-    module.requires_grad_(False)
-    module.eval()
-    if hasattr(module, "frozen"):
-        module.frozen = True  # the backbone contract: a frozen backbone runs its forward under no_grad
+# ---------------------------------------------------------------- initialisation
+def load_init_from(module: Any, parts: tuple[str, ...]) -> None:
+    """Every stage's Lightning `setup` hook: copy the `parts` of `module.init_from` (stage N's checkpoint) into the
+    model, once. It runs before FSDP shards the model and before a resumed run's own checkpoint is restored (which
+    then wins), and never when a model is only rebuilt (xr0.checkpoint.load_policy): no stage constructor reads
+    files. Freezing is the backbone's own (`Backbone.freeze`)."""
+    path = getattr(module, "init_from", None)
+    if not path or getattr(module, "_init_loaded", False):
+        return
+    from xr0.checkpoint import init_from
+
+    init_from(module, path, parts)
+    module._init_loaded = True
 
 
 def assert_grads_only_on_trainable(module: nn.Module) -> list[str]:

@@ -14,14 +14,16 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from xr0.heads.protocol import validate_head
 from xr0.plots import plot_policy_chunk
+from xr0.policy import Policy
 from xr0.registry import STAGES
 from xr0.stages.common import (
     OptimConfig,
     batch_size_of,
     clip_gradients,
     configure_optimizers,
-    freeze,
+    load_init_from,
     load_metadata,
     log_flow_terms,
     save_metadata,
@@ -51,8 +53,6 @@ class PostTrain(ShardedStage, L.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
-        from xr0.policy import Policy
-
         if mode not in MODES:
             raise ValueError(f"stage.mode must be one of {MODES}, got {mode!r}")
         if mode == "async" and prefix_sampler is None:
@@ -70,18 +70,14 @@ class PostTrain(ShardedStage, L.LightningModule):
         self.xr0_recipe: dict[str, Any] | None = None
         self.xr0_stats: Any = None
         self.xr0_processor: Any = None  # xr0.processor.Processor, set by `xr0 fit`; saved in every checkpoint
-        if init_from:
-            from xr0.checkpoint import init_from as load
+        self.init_from = init_from  # read once, in `setup`; a frozen VLM (backbone.freeze: true) froze itself
 
-            load(self, init_from, parts=("backbone", "head"))
-        if getattr(backbone, "frozen", False):
-            freeze(backbone)  # the recipe chose a frozen VLM (DiT-only post-training)
+    def setup(self, stage: str) -> None:
+        load_init_from(self, ("backbone", "head"))
 
-    def train(self, mode: bool = True) -> "PostTrain":
-        super().train(mode)
-        if getattr(self.policy.backbone, "frozen", False):
-            self.policy.backbone.eval()
-        return self
+    @staticmethod
+    def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
+        return validate_head(kwargs, "flow", "post_train")
 
     def sample_prefix(self, batch: dict[str, Any]) -> Tensor | None:
         """Δt_c per sample (B,) in async mode, None in sync mode; never past the chunk."""

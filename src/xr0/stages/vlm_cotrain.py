@@ -16,6 +16,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from xr0.backbones.protocol import POLICY_MEMBERS
+from xr0.backbones.protocol import check as check_backbone
+from xr0.heads.protocol import require, validate_head
 from xr0.plots import log_chunk_figure
 from xr0.registry import STAGES
 from xr0.stages.common import (
@@ -23,6 +26,7 @@ from xr0.stages.common import (
     batch_size_of,
     clip_gradients,
     configure_optimizers,
+    load_init_from,
     load_metadata,
     save_metadata,
 )
@@ -84,8 +88,8 @@ class VLMCoTrain(ShardedStage, L.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
-        if not hasattr(head, "tokens") or not hasattr(head, "select"):
-            raise ValueError("stage vlm_cotrain needs a choice-policy head: set stage.head: {name: choice_policy, chunk: T}")
+        require(head, "choice", "stage vlm_cotrain")
+        check_backbone(backbone, (*POLICY_MEMBERS, "lm_loss"))
         head.bind(backbone.hidden_size)
         self.backbone, self.head = backbone, head
         self.optim, self.vl_weight, self.plot_every_n_steps = optim, vl_weight, plot_every_n_steps
@@ -94,10 +98,14 @@ class VLMCoTrain(ShardedStage, L.LightningModule):
         self.xr0_recipe: dict[str, Any] | None = None
         self.xr0_stats: Any = None
         self.xr0_processor: Any = None  # xr0.processor.Processor, set by `xr0 fit`; saved in every checkpoint
-        if init_from:
-            from xr0.checkpoint import init_from as load
+        self.init_from = init_from  # read once, in `setup`
 
-            load(self, init_from, parts=("backbone", "head"))
+    def setup(self, stage: str) -> None:
+        load_init_from(self, ("backbone", "head"))
+
+    @staticmethod
+    def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
+        return validate_head(kwargs, "choice", "vlm_cotrain")
 
     # ------------------------------------------------------------ forward pieces
     def choice_forward(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:

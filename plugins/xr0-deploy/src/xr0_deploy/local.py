@@ -141,7 +141,8 @@ def load_local(spec: str, steps: int = 5, device: str = "cpu", chunk_len: int = 
     """`sim:tiny` → the tiny random policy; anything else is an xr0 checkpoint (file or export directory).
 
     fast: `auto`/`on` serve through xr0.infer.FastPolicy (prompt planned once, CUDA graphs on a GPU) where the
-    backbone supports it (`on` fails otherwise); `off` runs Policy.predict_chunk (the HF forward) as trained.
+    backbone declares a static prefill (xr0.backbones.protocol; `auto` says so and serves the eager path otherwise,
+    `on` fails); `off` runs Policy.predict_chunk (the HF forward) as trained.
     noise_seed: reseed the flow noise on every call (see LocalPolicy); frame: the default reply frame."""
     if fast not in FAST:
         raise ValueError(f"fast must be one of {FAST}, got {fast!r}")
@@ -160,10 +161,13 @@ def load_local(spec: str, steps: int = 5, device: str = "cpu", chunk_len: int = 
             raise ValueError(f"{spec}: carries no xr0_processor (written before the processor existed); re-train or "
                              f"re-import it with this version of xr0")
         model = loaded.policy
-        if fast == "on" or (fast == "auto" and hasattr(getattr(model, "backbone", None), "hf")):
-            from xr0.infer import FastPolicy
+        from xr0.infer import FastPolicy, static_prefill
 
-            model = FastPolicy(model, compile=compile)
+        if fast == "on" or (fast == "auto" and static_prefill(model) is not None):
+            model = FastPolicy(model, compile=compile)  # `on` without a declared static prefill: its error names it
+        elif fast == "auto":
+            print(f"[xr0 serve] backbone {type(model.backbone).__name__} declares no static prefill plan: serving the "
+                  f"eager path (Policy.predict_chunk)")
         pol = LocalPolicy(model, loaded.processor, steps=steps, name=spec)
     pol.seed = noise_seed
     if frame is not None:
