@@ -96,9 +96,10 @@ def test_cuda_graph_needs_cuda(policy):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run by the device benchmark)")
-def test_cuda_graph_replay_equals_eager():
+@pytest.mark.parametrize("family", ["qwen3vl", "paligemma"])
+def test_cuda_graph_replay_equals_eager(family):
     torch.manual_seed(0)
-    p, _ = build_policy("tiny", "cuda", torch.float32)
+    p, _ = build_policy("tiny", "cuda", torch.float32, family)
     data = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in batch().items()}
     noise = torch.randn(2, p.head.chunk, 32, device="cuda")
     fast = FastPolicy(p)

@@ -23,7 +23,6 @@ NEEDS_INPUT = {p for p in RECIPES if "???" in p.read_text() or "_release" in p.r
 STOCK = [p for p in RECIPES if p not in TINY_RECIPES and p not in NEEDS_INPUT]
 
 TINY_DATA = "{name: synthetic, chunk: '${_chunk}', batch_size: 2}"  # the recipe's own chunk length
-TINY_VLM = "{name: qwen3vl, tiny: {}}"
 SYNTHETIC = [f"_tiny_data={TINY_DATA}", "data=${_tiny_data}"]  # replaces the data node (a dict would merge)
 
 
@@ -51,7 +50,8 @@ def fill_blanks(path: Path) -> list[str]:
 def tiny_overrides(tree: dict, out_dir: Path) -> list[str]:
     """Shrink a stock recipe to CPU size: tiny VLM, 2-layer DiT, synthetic data, 2 steps, no init_from."""
     stage = tree["stage"]["name"]
-    ov = ["_chunk=4", f"_tiny_vlm={TINY_VLM}", "stage.backbone=${_tiny_vlm}", f"_tiny_data={TINY_DATA}",
+    family = tree["stage"]["backbone"]["name"]  # the tiny model of the recipe's own VLM family
+    ov = ["_chunk=4", f"_tiny_vlm={{name: {family}, tiny: {{}}}}", "stage.backbone=${_tiny_vlm}", f"_tiny_data={TINY_DATA}",
           "data=${_tiny_data}", "stage.init_from=null", "stage.plot_every_n_steps=1",
           "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=1",
           "trainer.precision=32", "trainer.strategy=auto", "trainer.accumulate_grad_batches=1",

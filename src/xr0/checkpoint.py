@@ -171,7 +171,7 @@ def _export_paths(node: Any, export_dir: Path | None) -> Any:
 def _check_backbone_spec(path: Any, processor: Any, backbone: Any) -> None:
     """The rebuilt backbone must preprocess as the trained one did (pixel mean/std, prompt, patch·merge): a model
     served with other preprocessing than it was trained with answers confidently and wrongly."""
-    if backbone is None or not hasattr(backbone, "input_spec") or not processor.backbone:
+    if backbone is None or not processor.backbone:
         return
     now, trained = backbone.input_spec(), processor.backbone
     differ = [k for k in ("factor", "image_mean", "image_std", "prompt", "view_labels")

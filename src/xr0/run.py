@@ -98,8 +98,8 @@ def _run_dir(run: RunConfig, resume: str | None) -> Path:
 def attach_processor(module: Any, datamodule: Any) -> None:
     """Hand the backbone's input spec to the data (so it resizes as the backbone expects) and put the data's
     processor on the stage, which saves it in every checkpoint (xr0.processor)."""
-    backbone = getattr(getattr(module, "policy", module), "backbone", None)
-    spec = backbone.input_spec() if hasattr(backbone, "input_spec") else {}
+    backbone = getattr(getattr(module, "policy", module), "backbone", None)  # stage 1 holds it, stages 2/3 the policy
+    spec = backbone.input_spec() if backbone is not None else {}  # the Backbone contract (xr0.backbones.protocol)
     if hasattr(datamodule, "configure"):
         datamodule.configure(spec)
     if hasattr(datamodule, "processor"):

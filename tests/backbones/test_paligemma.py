@@ -214,3 +214,52 @@ def test_the_contract_holds_for_every_registered_backbone():
 
     with pytest.raises(TypeError, match="missing num_layers, num_kv_heads"):
         protocol.check(Half())
+
+
+# ---------------------------------------------------------------- the whole path with the second family
+def test_stages_1_2_3_fit_and_the_checkpoint_serves(tmp_path):
+    """The tiny chain with one key switched (`_tiny_vlm.name=paligemma`): stage 1 (choice policy + VL co-training),
+    stage 2 from it (the VLM bit-identical), stage 3 async from that (a non-finite loss would stop a run: the
+    guard); then `xr0 serve`'s path —
+    load_local picks FastPolicy through the declared static prefill — answers the real openpi client in robot
+    units, the same chunk as the eager path for the same noise."""
+    import numpy as np
+
+    from xr0.run import fit
+
+    common = ["_tiny_vlm.name=paligemma", "trainer.max_steps=3", "run.checkpoint_every_n_steps=3"]
+    runs = {}
+    for n, extra in ((1, []), (2, ["stage.init_from=${_s1}"]), (3, ["stage.init_from=${_s2}"])):
+        links = [f"_s{k}={runs[k]}/checkpoints/last.ckpt" for k in runs]
+        runs[n] = fit(f"recipes/tiny/stage{n}.yaml", common + links + extra + [f"run.out_dir={tmp_path}/s{n}"])
+    ck = {n: torch.load(runs[n] / "checkpoints" / "last.ckpt", weights_only=True) for n in runs}
+    assert ck[3]["xr0_recipe"]["stage"]["backbone"]["name"] == "paligemma"
+    vlm1 = {k: v for k, v in ck[1]["state_dict"].items() if k.startswith("backbone.")}
+    assert vlm1 and all(torch.equal(ck[2]["state_dict"][f"policy.{k}"], v) for k, v in vlm1.items())
+    assert ck[3]["xr0_processor"]["backbone"]["factor"] == 14  # the processor recorded SigLIP's spec
+
+    openpi = pytest.importorskip("openpi_client.websocket_client_policy")
+    from xr0.infer import FastPolicy
+    from xr0_deploy.local import load_local
+    from xr0_deploy.server import PolicyServer
+
+    policy, plain = load_local(str(runs[3] / "checkpoints" / "last.ckpt")), load_local(
+        str(runs[3] / "checkpoints" / "last.ckpt"), fast="off")
+    assert isinstance(policy.model, FastPolicy)
+    srv = PolicyServer(policy, policy.metadata(), port=0)
+    srv.start()
+    try:
+        client = openpi.WebsocketClientPolicy(host="127.0.0.1", port=srv.port)
+        meta = client.get_server_metadata()
+        rng = np.random.default_rng(0)
+        obs = {"observation/state": rng.uniform(-1, 1, meta["state_dim"]), "prompt": "stack the cups",
+               **{f"observation/{c}": rng.integers(0, 255, (70, 90, 3), dtype=np.uint8) for c in meta["cameras"]}}
+        out = client.infer(obs)
+        assert out["actions"].shape == (meta["chunk_len"], meta["action_dim"]) and np.all(np.isfinite(out["actions"]))
+        assert srv.counts["errors"] == 0
+    finally:
+        srv.stop()
+    torch.manual_seed(3)
+    a = policy.infer(obs, None)
+    torch.manual_seed(3)
+    np.testing.assert_allclose(a, plain.infer(obs, None), atol=1e-5)

@@ -3,6 +3,7 @@ the VLM bit-identical; stage-3 async trains with a prefix and re-weighting."""
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from xr0 import config
@@ -35,11 +36,13 @@ def early_late(values, n=5):
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
-def test_stage2_overfits_and_keeps_the_vlm_bit_identical():
+@pytest.mark.parametrize("family", ["qwen3vl", "paligemma"])
+def test_stage2_overfits_and_keeps_the_vlm_bit_identical(family):
+    """The DiT learns from either VLM family's K/V (the recipe switched in one key)."""
     torch.manual_seed(0)
-    tree = validate(load_recipe(TINY / "stage2.yaml", ["stage.init_from=null"]))
+    tree = validate(load_recipe(TINY / "stage2.yaml", ["stage.init_from=null", f"_tiny_vlm.name={family}"]))
     before = {k: v.clone() for k, v in config.build(tree["stage"], "stage").policy.backbone.state_dict().items()}
-    module, losses = fit_fixed_batch("stage2.yaml", 40)
+    module, losses = fit_fixed_batch("stage2.yaml", 40, f"_tiny_vlm.name={family}")
     early, late = early_late(losses)
     assert late < 0.7 * early, (early, late)
     after = module.policy.backbone.state_dict()

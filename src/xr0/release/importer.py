@@ -95,6 +95,7 @@ def release_embodiments(action_config: dict[str, Any], config: dict[str, Any]) -
     return out
 
 
+RELEASE_VLM = "qwen3vl"  # the backbone the released MiBoT model is built on (its vlm_config is a Qwen3-VL config)
 EXPORT_DIR = "${export_dir}"  # paths inside an export: xr0.checkpoint resolves it to the export's folder
 DEFAULT_VIEWS = (("base", "Base View"), ("left_wrist", "Left-Wrist View"))  # the release README's LIBERO example
 
@@ -104,7 +105,7 @@ def parity_recipe(config: dict[str, Any], embodiment: str | None, chunk: int, pr
     """A post_train stage with the released architecture and inference switches (PARITY), so `xr0 serve` and
     `load_policy` rebuild the imported model as the release runs it."""
     dit = config["dit_config"]
-    backbone = {"name": "qwen3vl", "config": config["vlm_config"], "preprocessor": preprocessor,
+    backbone = {"name": RELEASE_VLM, "config": config["vlm_config"], "preprocessor": preprocessor,
                 "prompt": "release", "view_labels": list(view_labels),
                 "tokenizer": f"{EXPORT_DIR}/{RELEASE_FILES}" if tokenizer else None}
     head = {"name": "dit", "width": dit["hidden_size"], "depth": dit["num_hidden_layers"], "head_dim": dit["head_dim"],
