@@ -225,6 +225,13 @@ def test_head_that_cannot_read_the_vlm_is_refused_at_construction():
         Policy(StandInBackbone(), DiT(width=16, depth=3, num_heads=2, head_dim=HD), Causal(), BetaTau())
 
 
+def test_a_head_dim_left_null_follows_the_backbone():
+    """One source for the fact: the DiT's head_dim is the VLM's when the recipe leaves it out."""
+    policy = Policy(StandInBackbone(), DiT(width=16, depth=2, num_heads=2, chunk=T), Causal(), BetaTau())
+    assert policy.head.head_dim == HD and len(policy.head.blocks) == 2
+    assert policy.predict_chunk(make_batch(), steps=2).shape == (B, T, 32)
+
+
 def test_prefix_positions_helper_matches_the_lengths():
     got = flow.prefix_positions(torch.tensor([0, 2]), 2, 4, "cpu")
     assert got.tolist() == [[False] * 4, [True, True, False, False]]
