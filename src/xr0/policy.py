@@ -30,7 +30,7 @@ class Policy(nn.Module):
             raise ValueError(f"flow_steps must be >= 1, got {flow_steps}")
         self.backbone, self.head, self.mask, self.tau_sampler = backbone, head, mask, tau_sampler
         self.flow_steps = flow_steps
-        check_backbone(backbone, POLICY_MEMBERS)  # the contracts (xr0.backbones.protocol, xr0.heads.protocol), named when unmet
+        check_backbone(backbone, POLICY_MEMBERS)  # the contracts, each named when unmet
         require(head, "flow", "the policy (stages dit_flow, post_train)")
         head.bind(backbone.head_dim)  # a head_dim the recipe left null follows the VLM
         head.check_backbone(backbone.num_layers, backbone.num_kv_heads, backbone.head_dim)

@@ -423,7 +423,7 @@ class PaliGemmaStatic:
 
     def vision(self, plan: PaliGemmaPlan, images: Tensor, image_mask: Tensor | None) -> list[Tensor]:
         """[image embeddings (B·V·patches, hidden)]."""
-        b, v, _, h, w = images.shape
+        _, v, _, h, w = images.shape
         if (v, h, w) != (plan.views, *plan.hw):
             raise ValueError(f"images of {v} views at {h}x{w} do not fit this plan ({plan.views} views at "
                              f"{plan.hw[0]}x{plan.hw[1]}): plan the prompt again")
