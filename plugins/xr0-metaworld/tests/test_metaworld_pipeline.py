@@ -75,6 +75,17 @@ def test_image_mode_collects_the_state_without_goal_and_object(tmp_path):
     dm = WebDatasetData(card=str(out / "metaworld.yaml"), batch_size=2, num_workers=0, image_size=28, chunk=8)
     batch = dm.account(next(iter(dm.train_dataloader())))
     assert (batch["state"][:, 4:] == 0).all()  # 4 state dims: hand xyz and gripper, padded to 32
+    # a checkpoint of that robot is evaluated in image mode (its embodiment says so), perturbation included
+    from xr0.run import fit
+
+    run = fit("plugins/xr0-metaworld/recipes/metaworld_tiny/stage2.yaml",
+              [f"_data={out}", "embodiment=metaworld_sawyer_image", "stage.init_from=null", "trainer.max_steps=2",
+               "_image=28", "data.batch_size=4", f"run.out_dir={tmp_path / 'img_s2'}"])
+    ev = tmp_path / "img_eval"
+    assert main(["sim", "eval", str(run / "checkpoints" / "last.ckpt"), "--tasks", "push-v3", "--episodes", "1",
+                 "--max-steps", "12", "--perturb-at", "4", "--sheets", "0", "--out", str(ev)]) == 0
+    res = json.loads((ev / "last.ckpt_async_d2.json").read_text())
+    assert res["row"]["obs"] == "image" and res["episodes"][0]["perturbed"]
 
 
 ABLATE = ["--variants", "training_rtc", "lambda", "--modes", "sync", "async", "--delays", "2", "--seeds", "0",

@@ -241,6 +241,7 @@ def plot(cells: dict[tuple, dict[str, Any]], names: list[str], modes: list[str],
                     ax.errorbar([d for d, _ in pts], [scale * v.mean() for _, v in pts],
                                 yerr=[scale * v.std() for _, v in pts], marker="o", capsize=3, label=n)
             ax.set_title(f"{m}" if r == 0 else "", fontsize=9)
+            ax.set_xticks(delays)
             ax.set_xlabel("latency d (ticks)" if r == len(metrics) - 1 else "")
             ax.grid(alpha=0.3)
         axes[r][0].set_ylabel(title.split(" (")[0], fontsize=8)
