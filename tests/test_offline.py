@@ -40,12 +40,13 @@ def lab(tmp_path_factory):
     from xr0.run import fit
 
     root = tmp_path_factory.mktemp("offline")
-    card = write_episodes(episodes(), root / "shards", "calvin", "calvin_heldout", chunk=CHUNK, progress=False)
+    card = write_episodes(episodes(), root / "shards", "calvin", "calvin_heldout", chunk=CHUNK, progress=False,
+                          image_format="png")  # lossless: the test feeds the same frames by hand
     data = f"data={{name: webdataset, card: {card}, chunk: {CHUNK}, batch_size: 2, num_workers: 0, image_size: 28}}"
     ckpts = []
-    for steps, seed in ((2, 0), (4, 1)):
+    for steps, seed in ((12, 0), (16, 1)):  # a high learning rate: chunks that depend on the observation
         out = fit("recipes/tiny/stage2.yaml", ["stage.init_from=null", f"trainer.max_steps={steps}", f"_chunk={CHUNK}",
-                                                f"run.seed={seed}", "embodiment=calvin", data,
+                                                "stage.optim.lr=1e-2", f"run.seed={seed}", "embodiment=calvin", data,
                                                 f"run.out_dir={root / f'run{seed}'}"])
         ckpts.append(str(out / "checkpoints" / "last.ckpt"))
     return root, card, ckpts
@@ -84,7 +85,19 @@ def test_two_checkpoints_compared_through_the_serving_path(lab, tmp_path, capsys
     recorded = ep1["actions"][t:t + CHUNK]  # 5 steps left in the episode
     want = np.abs(pol.infer(obs)[:len(recorded)] - recorded).mean(axis=1)
     got = np.asarray(res["results"]["run0"]["episodes"][1]["err"][t], np.float64)
-    np.testing.assert_allclose(got[:len(want)], want, atol=2e-3)  # JPEG frames in the shards, raw ones here
+    np.testing.assert_allclose(got[:len(want)], want, rtol=1e-5, atol=1e-6)
+    before = {"state": ep1["state"][t - 1], "prompt": "open the drawer",
+              "images": {"static": ep1["images"]["static"][t - 1], "gripper": ep1["images"]["gripper"][t - 1]}}
+    assert np.abs(pol.infer(obs) - pol.infer(before)).max() > 1e-4  # so the check tells neighbouring steps apart
+    # the jump at d=2: the chunk served T_e=2 steps earlier runs; the new one gets its actions 2, 3 as the committed
+    # prefix; jump = mean |new[2] − old[3]|
+    o = t - 2
+    old = pol.infer({"state": ep1["state"][o], "prompt": "open the drawer",
+                     "images": {"static": ep1["images"]["static"][o], "gripper": ep1["images"]["gripper"][o]}})
+    new = pol.infer(obs, old[2:4])
+    np.testing.assert_allclose(new[:2], old[2:4], atol=1e-4)  # the committed actions come back as sent
+    got = res["results"]["run0"]["episodes"][1]["jump"]["2"][t - 2]  # one value per step from T_e on
+    assert got == pytest.approx(np.abs(new[2] - old[3]).mean(), rel=1e-5, abs=1e-7)
     # the goal jump of episode 1 is found and followed; episode 0 has none
     assert [e["discontinuities"] for e in res["results"]["run0"]["episodes"]] == [0, 1]
     assert "response after 1 discontinuities" in md

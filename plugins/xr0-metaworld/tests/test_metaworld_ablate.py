@@ -37,6 +37,9 @@ def test_named_variants_are_points_and_each_trains_what_it_says(tmp_path):
         assert stage["mask"]["name"] == p.mask and stage["mask"]["prefix_dropout"] is False
         assert bool(stage["reweight"]) == (p.reweight == "batch")
         assert (stage["prefix_sampler"] is None) == (p.mode == "sync")
+    tiny = str(Path(__file__).resolve().parents[3] / "recipes" / "tiny" / "stage3.yaml")  # a concrete Λ mask node
+    mask = resolve(load_recipe(point_recipe(tiny, named["training_rtc"], tmp_path / "tiny.yaml")))["stage"]["mask"]
+    assert mask == {"name": "causal", "prefix_dropout": False}
     dropout = Point(prefix_dropout=True, reweight="sample")
     assert dropout.mask_node() == {"name": "lambda", "window": 4, "prefix_dropout": True}
     assert "stage.reweight=sample" in dropout.overrides()
