@@ -98,8 +98,10 @@ def test_ablate_trains_each_layout_then_resumes_without_redoing_anything(data, c
 
     out = tmp_path / "ablate"
     recipe = "plugins/xr0-metaworld/recipes/metaworld_tiny/stage3.yaml"
+    from xr0_metaworld.ablate import recipe_offset
+
     s1, s2 = (str(chain[k] / "checkpoints" / "last.ckpt") for k in ("stage1", "stage2"))
-    given = yaml.safe_load((chain["stage2"] / "recipe.yaml").read_text())["stage"]["head"].get("rope_offset", 10)
+    given = recipe_offset(s2)
     other = 10 if given == 0 else 0
     cmd = ["ablate", recipe, "--data", str(data), "--out", str(out), "--stage1", s1, "--stage2", s2,
            "--steps", "2", "2", "2"] + ABLATE

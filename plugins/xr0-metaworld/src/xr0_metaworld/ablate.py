@@ -84,13 +84,21 @@ def _trained_id(ckpt: Path) -> str:
     return json.loads(done.read_text()).get("id", "") if done.is_file() else ""
 
 
-def _recipe_offset(ckpt: str) -> int:
-    """The RoPE offset a checkpoint's head was trained with (its recipe; the DiT's default is 10)."""
+def recipe_offset(ckpt: str) -> int:
+    """The RoPE offset a checkpoint's head was trained with: its recipe's, else its head builder's default."""
+    import inspect
+
     from xr0.checkpoint import read_state
+    from xr0.registry import HEADS
 
     _, meta = read_state(ckpt)
     head = ((meta.get("xr0_recipe") or {}).get("stage") or {}).get("head") or {}
-    return int(head.get("rope_offset", 10))
+    if "rope_offset" in head:
+        return int(head["rope_offset"])
+    param = inspect.signature(HEADS.get(head.get("name", "dit"))).parameters.get("rope_offset")
+    if param is None or param.default is inspect.Parameter.empty:
+        raise ValueError(f"{ckpt}: its head has no rope_offset; it cannot start an ablation point")
+    return int(param.default)
 
 
 def _private_copy(src: str, dst: Path, what: str) -> str:
@@ -336,7 +344,7 @@ def run_ablation(recipe: str, out: str | Path, data: str, points: dict[str, Poin
             raise ValueError(f"point '{n}' ({points[n].key()}) does not validate with {recipe}: {exc}") from None
 
     offsets = sorted({p.rope_offset for p in points.values()})
-    given = {_recipe_offset(c): c for c in (stage2 or [])}
+    given = {recipe_offset(c): c for c in (stage2 or [])}
     trainings = (0 if stage1 or set(offsets) <= set(given) else 1) + len(set(offsets) - set(given)) \
         + len(points) * len(seeds)
     tag = eval_tag(tasks, episodes, exec_steps, max_steps, perturb_at, perturb)
