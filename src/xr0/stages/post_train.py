@@ -85,6 +85,18 @@ class PostTrain(ShardedStage, L.LightningModule):
             self.policy.backbone.eval()
         return self
 
+    @property
+    def trained_max_prefix(self) -> int | None:
+        """The longest committed prefix Δt_c this stage trains with (0 in sync mode; None when the prefix sampler
+        does not declare `max_len`). Checkpoints carry it so the executor never grows Δt_c past it."""
+        if self.mode == "sync":
+            return 0
+        longest = getattr(self.prefix_sampler, "max_len", None)
+        chunk = getattr(self.policy.head, "chunk", None)
+        if longest is None:
+            return None
+        return int(min(longest, chunk - 1)) if chunk else int(longest)  # sample_prefix clamps to T − 1
+
     def sample_prefix(self, batch: dict[str, Any]) -> Tensor | None:
         """Δt_c per sample (B,) in async mode, None in sync mode; never past the chunk."""
         if self.mode == "sync":
