@@ -185,3 +185,23 @@ def test_tiny_chain_1_2_3(tmp_path):
     ck1 = torch.load(s1 / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     vlm1 = {k: v for k, v in ck1.items() if k.startswith("backbone.")}
     assert vlm1 and all(torch.equal(ck2[f"policy.{k}"], v) for k, v in vlm1.items())  # stage 2: VLM untouched
+
+
+METAWORLD = RECIPES_DIR.parent / "plugins" / "xr0-metaworld" / "recipes" / "metaworld_tiny"
+
+
+def test_stage2_pretrains_without_the_rope_offset():
+    """The released base layout (docs/method.md §2.2); an offset-10 arm overrides it (stage.head.rope_offset=10)."""
+    for path in (RECIPES_DIR / "pretrain_stage2.yaml", RECIPES_DIR / "tiny" / "stage2.yaml", METAWORLD / "stage2.yaml"):
+        assert resolve(load_recipe(path))["stage"]["head"]["rope_offset"] == 0, path
+
+
+def test_stage1_recipes_co_train_at_one_to_six():
+    from fractions import Fraction
+
+    from xr0.data.mix import parse_vl_ratio
+
+    for path in (RECIPES_DIR / "pretrain_stage1.yaml", RECIPES_DIR / "tiny" / "stage1.yaml", METAWORLD / "stage1.yaml"):
+        tree = resolve(load_recipe(path))
+        assert parse_vl_ratio(tree["data"]["vl_ratio"]) == Fraction(1, 6), path
+        assert tree["stage"].get("vl_weight", 1.0) == 1.0  # one VL sample weighs as one robot sample
