@@ -134,8 +134,9 @@ def test_a_variant_that_selects_nothing_is_a_one_line_validate_error(tmp_path, c
     short = tmp_path / "short_row.yaml"  # a row without a key the stage reads
     short.write_text(f"inherit: {tiny3}\n_variants: {{odd: {{mode: async, mask: {{name: causal}}}}}}\n")
     cases = [
-        (tiny3, ["_variant=lambda_typo"], "_variant: 'lambda_typo' is not a variant of this recipe; choose one of "
-                                          "sync, training_rtc, lambda, lambda_no_offset, lambda_no_reweight, causal_offset"),
+        (tiny3, ["_variant=lambda_typo"], ("_variant: 'lambda_typo' is not a variant of this recipe; choose one of "
+                                           "sync, training_rtc, lambda, lambda_no_offset, lambda_no_reweight, "
+                                           "causal_offset")),
         (tiny2, ["_variant=training_rtc"], "_variant: 'training_rtc' selects nothing: this recipe has no `_variants` table"),
         (tiny3, ["_variant="], "_variant: unset, but stage.mode reads `_variants.${_variant}`"),
         (nothing, [], "_variant: 'a' selects nothing: no stage key reads"),

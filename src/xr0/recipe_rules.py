@@ -93,14 +93,14 @@ def variant_problems(cfg: Any) -> list[str]:
     if not isinstance(variant, str) or not variant:
         return [f"_variant: expected the name of a variant, got {variant!r}" + (f"; {choose}" if names else "")]
     if not names:
-        return [f"_variant: '{variant}' selects nothing: this recipe has no `_variants` table; set the axes as stage "
-                f"keys instead (stage.mode, stage.mask, stage.head.rope_offset, stage.reweight, "
-                f"stage.mask.prefix_dropout, stage.prefix_sampler)"]
+        return [(f"_variant: '{variant}' selects nothing: this recipe has no `_variants` table; set the axes as "
+                 f"stage keys instead (stage.mode, stage.mask, stage.head.rope_offset, stage.reweight, "
+                 f"stage.mask.prefix_dropout, stage.prefix_sampler)")]
     if variant not in names:
         return [f"_variant: '{variant}' is not a variant of this recipe; {choose}"]
     if not reads:
-        return [f"_variant: '{variant}' selects nothing: no stage key reads `${{_variants.${{_variant}}.…}}` in this "
-                f"recipe, so every variant would train the same model"]
+        return [(f"_variant: '{variant}' selects nothing: no stage key reads `${{_variants.${{_variant}}.…}}` in "
+                 f"this recipe, so every variant would train the same model")]
     problems = []
     for name in names:
         row = table.get(name)

@@ -101,9 +101,10 @@ def test_the_trained_prefix_maximum_travels_from_checkpoint_to_export_to_server_
     import json
 
     import torch
-    from xr0.export import export_checkpoint
     from xr0_deploy.client import RemotePolicy
     from xr0_deploy.executor import declared_max_prefix
+
+    from xr0.export import export_checkpoint
     from xr0.run import fit
 
     out = fit("recipes/tiny/stage3.yaml", ["stage.init_from=null", "trainer.max_steps=1", "_variant=training_rtc",

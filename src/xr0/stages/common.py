@@ -141,7 +141,7 @@ def save_metadata(module: Any, checkpoint: dict[str, Any], stage: str) -> None:
     checkpoint["xr0_stats"] = getattr(module, "xr0_stats", None)
     checkpoint["xr0_embodiment"] = embodiment_of(module)
     checkpoint["xr0_stage"] = stage
-    checkpoint["xr0_max_prefix"] = getattr(module, "trained_max_prefix", None)  # longest Δt_c trained (None: unknown)
+    checkpoint["xr0_max_prefix"] = getattr(module, "trained_max_prefix", None)  # None: unknown
     proc = getattr(module, "xr0_processor", None)
     checkpoint["xr0_processor"] = proc.to_dict() if hasattr(proc, "to_dict") else proc
 
