@@ -14,7 +14,9 @@ def fake_policy(monkeypatch):
     """Stages 2/3 build `xr0.policy.Policy`; stage-logic tests swap in the contract-shaped FakePolicy."""
     from fakes import FakePolicy
 
+    from xr0.policy import reweight_mode
+
     mod = types.ModuleType("xr0.policy")
-    mod.Policy = FakePolicy
+    mod.Policy, mod.reweight_mode = FakePolicy, reweight_mode  # the stages read the recipe's reweight through it
     monkeypatch.setitem(sys.modules, "xr0.policy", mod)
     return FakePolicy

@@ -1,4 +1,4 @@
-"""Stage 2 — frozen-VLM DiT training (SPEC §2 stage 2, paper §2.2.1).
+"""Stage 2 — frozen-VLM DiT training (docs/method.md §2.2, paper §2.2.1).
 
 The VLM (from a stage-1 checkpoint via `init_from`, or a Hugging Face directory via
 `backbone.pretrained`) is frozen: no gradients, eval mode, its forward under no_grad. Its input is
@@ -66,6 +66,8 @@ class DiTFlow(ShardedStage, L.LightningModule):
         super().train(mode)
         self.policy.backbone.eval()  # frozen VLM stays in eval while Lightning toggles train/eval
         return self
+
+    trained_max_prefix = 0  # stage 2 never trains with a committed prefix (see PostTrain.trained_max_prefix)
 
     def _step(self, batch: dict[str, Any], tag: str) -> Tensor:
         with torch.no_grad():
