@@ -88,6 +88,7 @@ class LoadedPolicy:
     stats: Any
     stage: str | None
     processor: Any = None  # xr0.processor.Processor: raw observation -> batch, chunk -> robot actions
+    max_prefix: int | None = None  # the longest committed prefix Δt_c it was trained with (None: unknown)
 
 
 def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedPolicy:
@@ -128,8 +129,12 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> L
 
         processor = Processor.from_dict(meta["xr0_processor"])
         _check_backbone_spec(path, processor, getattr(policy, "backbone", None))
+    max_prefix = meta.get("xr0_max_prefix")
+    if max_prefix is None:  # written before checkpoints stored it: the rebuilt stage's prefix sampler tells
+        max_prefix = getattr(module, "trained_max_prefix", None)
     return LoadedPolicy(policy=policy, recipe=recipe, embodiment=meta.get("xr0_embodiment"),
-                        stats=meta.get("xr0_stats"), stage=meta.get("xr0_stage"), processor=processor)
+                        stats=meta.get("xr0_stats"), stage=meta.get("xr0_stage"), processor=processor,
+                        max_prefix=None if max_prefix is None else int(max_prefix))
 
 
 def check_shapes(stage_tree: dict[str, Any], weights: dict[str, torch.Tensor], path: Any) -> None:

@@ -113,11 +113,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> DictCon
         if "=" not in item:
             raise RecipeError(f"override '{item}' is not of the form key.path=value (e.g. trainer.max_steps=10)")
     if not items:
-        return merged
+        return _checked(merged)
+    # `_name` variables first: a key merged into an interpolated section (stage.mask.x=… where stage.mask is
+    # ${_variants.${_variant}.mask}) freezes that section as the variables stand, whatever order they were typed in
+    items = [i for i in items if i.startswith("_")] + [i for i in items if not i.startswith("_")]
     try:  # all at once: merging them one by one re-parents the whole tree each time (quadratic in the count)
-        return OmegaConf.merge(merged, OmegaConf.from_dotlist(items))
+        result = OmegaConf.merge(merged, OmegaConf.from_dotlist(items))
     except (OmegaConfBaseException, ValueError, TypeError):
-        pass
+        result = None
+    if result is not None:
+        return _checked(result)
     # name the override that does not fit: the shortest failing prefix, found by bisection
     def fails(n: int) -> Exception | None:
         try:
@@ -134,6 +139,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> DictCon
     key = item.split("=", 1)[0]
     raise RecipeError(f"{key}: override '{item}' does not fit the recipe ({type(exc).__name__}: {exc}); "
                       f"e.g. a scalar cannot replace a section, nor a key index a list") from exc
+
+
+def _checked(cfg: DictConfig) -> DictConfig:
+    """A `_variant` must select a row that the stage reads (xr0.recipe_rules.variant_problems)."""
+    from xr0.recipe_rules import variant_problems
+
+    problems = variant_problems(cfg)
+    if problems:
+        raise RecipeError(problems[0], problems)
+    return cfg
 
 
 def resolve(cfg: DictConfig) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def test_post_train_async_passes_prefix_and_reweight(tmp_path, fake_policy):
                     prefix_sampler=prefix_sampler, reweight=True, optim=OptimConfig(lr=1e-3), plot_every_n_steps=0)
     tr = fit(mod, 2, tmp_path)
     call = mod.policy.calls[-1]
-    assert call["reweight"] is True and call["prefix_len"].tolist() == [0, 3]
+    assert call["reweight"] == "batch" and call["prefix_len"].tolist() == [0, 3]  # true means the paper's form
     assert mod.policy.backbone.embed.weight.grad is not None  # sync/async post-training trains the VLM too
     assert float(tr.logged_metrics["train/prefix_zero_fraction"]) == pytest.approx(0.5)
 

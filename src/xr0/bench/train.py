@@ -174,7 +174,7 @@ def bench_train(scale: str = "tiny", device: str = "cpu", stage: str = "post_tra
     data = synthetic_batch(s, batch, device)
     step_ms, fused = fit_steps(module, data, warmup + iters, warmup, device, clip)
     policy = module.policy
-    reweight = bool(getattr(module, "reweight", False))
+    reweight = getattr(module, "reweight", "off") not in ("off", False, None)
     with torch.no_grad():
         vlm_tokens = policy.backbone.prepare(data["images"], data["image_mask"], data["instruction"])["input_ids"]
     h, w = s["hw"]

@@ -141,11 +141,13 @@ def embodiment_of(module: Any) -> str | None:
 
 
 def save_metadata(module: Any, checkpoint: dict[str, Any], stage: str) -> None:
-    """Everything deploy needs besides weights: resolved recipe, normalisation stats, embodiment, stage name."""
+    """Everything deploy needs besides weights: resolved recipe, normalisation stats, embodiment, stage name, the
+    longest committed prefix trained with."""
     checkpoint["xr0_recipe"] = getattr(module, "xr0_recipe", None)
     checkpoint["xr0_stats"] = getattr(module, "xr0_stats", None)
     checkpoint["xr0_embodiment"] = embodiment_of(module)
     checkpoint["xr0_stage"] = stage
+    checkpoint["xr0_max_prefix"] = getattr(module, "trained_max_prefix", None)  # None: unknown
     proc = getattr(module, "xr0_processor", None)
     checkpoint["xr0_processor"] = proc.to_dict() if hasattr(proc, "to_dict") else proc
 

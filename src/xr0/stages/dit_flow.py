@@ -69,6 +69,8 @@ class DiTFlow(ShardedStage, L.LightningModule):
     def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
         return validate_head(kwargs, "flow", "dit_flow")
 
+    trained_max_prefix = 0  # stage 2 never trains with a committed prefix (see PostTrain.trained_max_prefix)
+
     def _step(self, batch: dict[str, Any], tag: str) -> Tensor:
         with torch.no_grad():
             ctx = self.policy.context(batch)  # one VLM forward, no graph

@@ -4,11 +4,12 @@
 loss. `mode: async` prefixes Δt_c clean ground-truth actions (Δt_c from the `prefix` sampler) before
 the noisy ones, with the loss on non-prefix positions only. The ablation pieces are separate switches:
 the mask component (`causal` | `lambda`, prefix dropout is its option), the DiT's `rope_offset`
-(0 | 10), and `reweight` (per-element |â − a| weights from a no-grad generation with the same prefix).
+(0 | 10), and `reweight`: off | batch | sample (per-element |â − a| weights from a no-grad generation with the
+same prefix, normalised over the batch as the paper does, or per sample; `true` means batch, `false` off).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from xr0.heads.protocol import validate_head
 from xr0.plots import plot_policy_chunk
-from xr0.policy import Policy
+from xr0.policy import Policy, reweight_mode
 from xr0.registry import STAGES
 from xr0.stages.common import (
     OptimConfig,
@@ -45,7 +46,7 @@ class PostTrain(ShardedStage, L.LightningModule):
         tau_sampler: Any,
         mode: str = "sync",
         prefix_sampler: Any = None,
-        reweight: bool = False,
+        reweight: bool | Literal["off", "batch", "sample"] = "off",
         training_repeat: int = 1,
         optim: OptimConfig = OptimConfig(),
         flow_steps: int = 5,
@@ -53,11 +54,12 @@ class PostTrain(ShardedStage, L.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
+        reweight = reweight_mode(reweight)
         if mode not in MODES:
             raise ValueError(f"stage.mode must be one of {MODES}, got {mode!r}")
         if mode == "async" and prefix_sampler is None:
             raise ValueError("stage.mode: async needs stage.prefix_sampler: {name: prefix} (the Δt_c distribution)")
-        if mode == "sync" and (prefix_sampler is not None or reweight):
+        if mode == "sync" and (prefix_sampler is not None or reweight != "off"):
             raise ValueError("stage.prefix_sampler and stage.reweight only apply to mode: async; remove them or "
                              "set stage.mode: async")
         if training_repeat < 1:
@@ -78,6 +80,18 @@ class PostTrain(ShardedStage, L.LightningModule):
     @staticmethod
     def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
         return validate_head(kwargs, "flow", "post_train")
+
+    @property
+    def trained_max_prefix(self) -> int | None:
+        """The longest committed prefix Δt_c this stage trains with (0 in sync mode; None when the prefix sampler
+        does not declare `max_len`). Checkpoints carry it so the executor never grows Δt_c past it."""
+        if self.mode == "sync":
+            return 0
+        longest = getattr(self.prefix_sampler, "max_len", None)
+        chunk = getattr(self.policy.head, "chunk", None)
+        if longest is None:
+            return None
+        return int(min(longest, chunk - 1)) if chunk else int(longest)  # sample_prefix clamps to T − 1
 
     def sample_prefix(self, batch: dict[str, Any]) -> Tensor | None:
         """Δt_c per sample (B,) in async mode, None in sync mode; never past the chunk."""

@@ -57,11 +57,14 @@ class LocalPolicy:
     """A FlowModel plus its Processor as a ChunkPolicy; the server and in-process runs share it.
 
     seed: every call draws its flow noise from a generator seeded with it (the released inference reseeds per
-    call), so the same observation gives the same chunk; None draws fresh noise each call."""
+    call), so the same observation gives the same chunk; None draws fresh noise each call. max_prefix: the longest
+    committed prefix Δt_c the model was trained with (the checkpoint's; None: unknown), declared in the metadata so
+    the executor never grows the prefix past it."""
 
     def __init__(self, model: FlowModel, processor: Processor, steps: int = 5, name: str = "policy",
-                 seed: int | None = None):
+                 seed: int | None = None, max_prefix: int | None = None):
         self.model, self.processor, self.steps, self.name, self.seed = model, processor, steps, name, seed
+        self.max_prefix = max_prefix
         self.device = _device(model)
         self.last_infer_ms = 0.0
 
@@ -71,7 +74,7 @@ class LocalPolicy:
 
     def metadata(self) -> dict[str, Any]:
         return {"policy": self.name, **self.processor.metadata(), "steps": self.steps, "prefix_actions": True,
-                "rtc": True, "action_frames": list(FRAMES), "seed": self.seed}
+                "rtc": True, "action_frames": list(FRAMES), "seed": self.seed, "max_prefix": self.max_prefix}
 
     def infer(self, obs: dict[str, Any], prefix: np.ndarray | None = None, rtc: RTCSpec | None = None) -> np.ndarray:
         """Chunk (T, A) in robot units (the processor's frame); `prefix` (P, A) committed, or guided with `rtc`."""
@@ -168,7 +171,7 @@ def load_local(spec: str, steps: int = 5, device: str = "cpu", chunk_len: int = 
         elif fast == "auto":
             print(f"[xr0 serve] backbone {type(model.backbone).__name__} declares no static prefill plan: serving the "
                   f"eager path (Policy.predict_chunk)")
-        pol = LocalPolicy(model, loaded.processor, steps=steps, name=spec)
+        pol = LocalPolicy(model, loaded.processor, steps=steps, name=spec, max_prefix=loaded.max_prefix)
     pol.seed = noise_seed
     if frame is not None:
         if frame not in FRAMES:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from xr0_deploy.executor import Executor, Request, declared_chunk_len, failure_kind
+from xr0_deploy.executor import Executor, Request, declared_chunk_len, declared_max_prefix, failure_kind
 from xr0_deploy.protocol import ChunkPolicy, PolicyError, PolicyUnavailable, Reading, Robot
 
 
@@ -160,7 +160,7 @@ class RealTimeRunner:
         if self.ex.chunk_len is None:  # refuse settings that cannot fit the chunk before the clock starts
             chunk_len = self.warmup_chunk_len or declared_chunk_len(self.policy)
             if chunk_len is not None:
-                self.ex.configure(chunk_len)
+                self.ex.configure(chunk_len, declared_max_prefix(self.policy))
         worker = _InferenceThread(self.policy)
         t0, k = self.clock(), 0
         try:

@@ -15,6 +15,9 @@ INSTRUCTIONS: dict[str, str] = {
     "window-open-v3": "slide the window open",
 }
 
+# Tasks whose goal and object can be moved mid-episode and whose scripted expert follows the move (reactivity).
+PERTURBABLE = frozenset({"reach-v3", "push-v3", "pick-place-v3"})
+
 
 def check_tasks(tasks: list[str]) -> list[str]:
     """Task names → the same list, or a ValueError naming the unknown one and the closest known names."""
