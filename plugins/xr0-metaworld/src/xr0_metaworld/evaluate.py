@@ -78,7 +78,7 @@ def _jerk(actions: np.ndarray) -> np.ndarray:
 def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Generator,
                    frames: list | None = None) -> dict[str, Any]:
     """One episode through the executor. Returns success, steps, idle ticks and jerk at chunk boundaries."""
-    from xr0_deploy.executor import Executor, ExecutorConfig
+    from xr0_deploy.executor import Executor, ExecutorConfig, declared_chunk_len, declared_max_prefix
     from xr0_deploy.protocol import Limits
     from xr0_deploy.safety import Safety
 
@@ -87,6 +87,9 @@ def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Ge
                   # clip to [-1, 1] rather than reject: Meta-World clips too, and an expert at saturation
                   # (±1) makes small overshoots of a learned policy normal, not a sign of a broken model
                   safety=Safety(Limits(np.full(4, -1.0), np.full(4, 1.0)), reject_margin=2.0))
+    chunk_len = declared_chunk_len(policy)
+    if chunk_len is not None:  # settings checked before the first tick, as `xr0 deploy` does (scripted rows declare none)
+        ex.configure(chunk_len, declared_max_prefix(policy))
     env.reset()
     pending: list[tuple[int, int, np.ndarray]] = []
     executed, boundary, held, success_at = [], [], 0, None

@@ -69,6 +69,13 @@ class Point:
         node["prefix_dropout"] = self.prefix_dropout
         return node
 
+    def stage_values(self, prefix_sampler: str = "{name: prefix}") -> dict[str, Any]:
+        """The scalar axes as stage keys (the mask is `mask_node`)."""
+        import yaml
+
+        return {"stage.mode": self.mode, "stage.head.rope_offset": self.rope_offset, "stage.reweight": self.reweight,
+                "stage.prefix_sampler": None if self.mode == "sync" else yaml.safe_load(prefix_sampler)}
+
     def overrides(self, prefix_sampler: str = "{name: prefix}") -> list[str]:
         """Stage-3 overrides of the scalar axes (explicit on each, whatever `_variant` says); the mask comes from
         `point_recipe`."""
@@ -97,7 +104,14 @@ def point_recipe(recipe: str, point: Point, path: Path) -> str:
 
     cfg = load_recipe(recipe)
     OmegaConf.update(cfg, "stage.mask", point.mask_node(), merge=False)
-    text = f"# {point.key()}: written by `xr0 ablate` from {Path(recipe).resolve()}\n" + OmegaConf.to_yaml(cfg)
+    for key, value in point.stage_values().items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    text = OmegaConf.to_yaml(cfg)
+    if "_variants" in cfg:  # every axis is now a plain key: the table selects nothing and goes (validate says so)
+        cfg.pop("_variants")
+        variant = cfg.pop("_variant", None)
+        text = OmegaConf.to_yaml(cfg).replace("${_variant}", point.key() if variant is not None else "")
+    text = f"# {point.key()}: written by `xr0 ablate` from {Path(recipe).resolve()}\n" + text
     atomic_write(path, lambda f: f.write(text.encode()))
     return str(path)
 
