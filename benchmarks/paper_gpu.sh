@@ -26,8 +26,10 @@ step() {  # step NAME SECONDS COMMAND...: run, keep its log, go on when it fails
   echo "== $name"; timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | tail -n 3
 }
 if [ "$what" = infer ] || [ "$what" = all ]; then
-  step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_infer.py tests/backbones/test_qwen3vl_static.py
+  step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_infer.py tests/backbones/test_qwen3vl_static.py tests/backbones/test_paligemma.py -k "not stages"
   step infer_paper 300 python3 -m xr0.cli bench infer --scale paper --out "$out/infer_paper.json"
+  step infer_paper_paligemma 240 python3 -m xr0.cli bench infer --scale paper --backbone paligemma \
+    --out "$out/infer_paper_paligemma.json"
   step infer_paper_compile 240 python3 -m xr0.cli bench infer --scale paper --no-eager --compile --out "$out/infer_paper_compile.json"
 fi
 if [ "$what" = train ] || [ "$what" = all ]; then

@@ -1,4 +1,5 @@
-"""The analytic cost model (xr0.flops) against torch's FlopCounterMode on the tiny policy.
+"""The analytic cost model (xr0.flops plus each backbone's declared `cost`) against torch's FlopCounterMode on the
+tiny policy of every backbone family.
 
 On a CPU, SDPA dispatches to aten._scaled_dot_product_flash_attention_for_cpu, for which FlopCounterMode has
 no formula (measured: with the default backend it reports only mm/addmm/convolution, so every attention is
@@ -16,10 +17,10 @@ from xr0.bench import build_policy, make_batch
 B = 2
 
 
-@pytest.fixture(scope="module")
-def tiny():
+@pytest.fixture(scope="module", params=["qwen3vl", "paligemma"])
+def tiny(request):
     torch.manual_seed(0)
-    policy, s = build_policy("tiny", "cpu", torch.float32)
+    policy, s = build_policy("tiny", "cpu", torch.float32, request.param)
     batch = make_batch(s, B, "cpu", torch.float32)
     inputs = policy.backbone.prepare(batch["images"], batch["image_mask"], batch["instruction"])
     return policy, s, batch, inputs
@@ -31,29 +32,22 @@ def counted(fn) -> int:
     return fc.get_total_flops()
 
 
-def test_vision_matches_flop_counter(tiny):
+def cost(tiny):
     policy, s, _, inputs = tiny
-    measured = counted(lambda: policy.backbone.hf.model.get_image_features(inputs["pixel_values"],
-                                                                         inputs["image_grid_thw"]))
-    cfg = policy.backbone.hf.config.vision_config
-    model = flops.vision_cost(cfg, B * s["views"], *s["hw"], dtype_bytes=4)
-    assert model.flops == pytest.approx(measured, rel=0.02)
-    params = sum(p.numel() for p in policy.backbone.hf.model.visual.parameters())
-    assert model.bytes == 4 * (params + inputs["pixel_values"].numel())
+    return policy.backbone.cost(B * s["views"], *s["hw"], inputs["input_ids"].shape[1], B, 4, policy.head.depth)
+
+
+def test_vision_matches_flop_counter(tiny):
+    policy, _, _, inputs = tiny
+    measured = counted(lambda: policy.backbone.encode_images(inputs))
+    assert cost(tiny)["vision"].flops == pytest.approx(measured, rel=0.02)
 
 
 def test_prefill_matches_flop_counter(tiny):
     policy, _, batch, inputs = tiny
-    seq = inputs["input_ids"].shape[1]
-    vision = counted(lambda: policy.backbone.hf.model.get_image_features(inputs["pixel_values"],
-                                                                         inputs["image_grid_thw"]))
+    vision = counted(lambda: policy.backbone.encode_images(inputs))
     measured = counted(lambda: policy.context(batch)) - vision
-    cfg = policy.backbone.hf.config.text_config
-    model = flops.prefill_cost(cfg, seq, B, dtype_bytes=4, kv_layers_kept=policy.head.depth)
-    assert model.flops == pytest.approx(measured, rel=0.02)
-    # every weight once: with as many tokens as the vocabulary the whole embedding table is read
-    full = flops.prefill_cost(cfg, cfg.vocab_size, 1, dtype_bytes=1, kv_layers_kept=0)
-    assert full.bytes == sum(p.numel() for p in policy.backbone.hf.model.language_model.parameters())
+    assert cost(tiny)["prefill"].flops == pytest.approx(measured, rel=0.02)
 
 
 def dit_call(tiny):

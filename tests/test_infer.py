@@ -1,4 +1,5 @@
-"""FastPolicy (planned prompt, prepared DiT, CUDA graphs on a GPU) computes what Policy.predict_chunk computes."""
+"""FastPolicy (planned prompt, prepared DiT, CUDA graphs on a GPU) computes what Policy.predict_chunk computes, for
+every backbone family through its declared static prefill; a backbone that declares none is refused by name."""
 import pytest
 import torch
 
@@ -17,11 +18,12 @@ def batch(b=2, v=2, seed=1):
             "instruction": TEXTS[:b], "state": torch.randn(b, 32, generator=g), "action_mask": mask}
 
 
-@pytest.fixture(scope="module", params=["causal", "lambda"])
+@pytest.fixture(scope="module", params=[("qwen3vl", "causal"), ("qwen3vl", "lambda"), ("paligemma", "lambda")],
+                ids=lambda p: "-".join(p))
 def policy(request):
     torch.manual_seed(0)
-    p, _ = build_policy("tiny", "cpu", torch.float32)
-    p.mask = MASKS.build(request.param)
+    p, _ = build_policy("tiny", "cpu", torch.float32, request.param[0])
+    p.mask = MASKS.build(request.param[1])
     for blk in p.head.blocks:  # adaLN-zero starts every block as the identity: give the DiT something to do
         torch.nn.init.normal_(blk.adaln_table, std=0.5)
     torch.nn.init.normal_(p.head.t_proj.weight, std=0.05)
@@ -46,9 +48,10 @@ def test_fast_equals_policy(policy, prefix_steps, b):
 def test_parts_compose_to_the_chunk(policy):
     fast, data = FastPolicy(policy), batch()
     parts = fast.parts(data, steps=3)
-    embeds, _ = parts["vision"]()
+    embeds = parts["vision"]()[0]  # image embeddings first, one row per image token
     keys, _ = parts["prefill"]()
-    assert embeds.shape[0] == 2 * 2 * (56 // 14) ** 2 // 4 and len(keys) == policy.head.depth
+    assert embeds.shape[0] > 0 and embeds.shape[0] % (2 * 2) == 0 and len(keys) == policy.head.depth
+    assert keys[0].shape[2] == fast.tokens(data)
     assert parts["dit"]().shape == (2, policy.head.chunk, 32)
     # predict_chunk is these parts chained: the same chunk for the same noise
     noise = torch.randn(2, policy.head.chunk, 32)
@@ -79,8 +82,9 @@ def test_the_chunk_runs_on_the_meta_device(policy):
     inputs, plan = fast._inputs(data, torch.randn(2, 3, 32), None)
     meta = copy.deepcopy(policy).to("meta")
     fast_meta = FastPolicy(meta)
-    prompt = type(plan["prompt"])(**{k: (v.to("meta") if torch.is_tensor(v) else v)
-                                     for k, v in vars(plan["prompt"]).items()})
+    move = lambda v: (v.to("meta") if torch.is_tensor(v) else {k: x.to("meta") for k, x in v.items()}  # noqa: E731
+                      if isinstance(v, dict) else v)
+    prompt = type(plan["prompt"])(**{k: move(v) for k, v in vars(plan["prompt"]).items()})
     meta_inputs = {k: v.to("meta") for k, v in inputs.items()}
     out = chain(fast_meta._parts({"prompt": prompt}, 5, meta_inputs), meta_inputs)
     assert out.device.type == "meta" and out.shape == (2, policy.head.chunk, 32)
@@ -92,9 +96,10 @@ def test_cuda_graph_needs_cuda(policy):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run by the device benchmark)")
-def test_cuda_graph_replay_equals_eager():
+@pytest.mark.parametrize("family", ["qwen3vl", "paligemma"])
+def test_cuda_graph_replay_equals_eager(family):
     torch.manual_seed(0)
-    p, _ = build_policy("tiny", "cuda", torch.float32)
+    p, _ = build_policy("tiny", "cuda", torch.float32, family)
     data = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in batch().items()}
     noise = torch.randn(2, p.head.chunk, 32, device="cuda")
     fast = FastPolicy(p)
@@ -113,3 +118,9 @@ def test_cuda_graph_replay_equals_eager():
     one["state"] = one["state"].bfloat16()
     ref = p16.predict_chunk(one, steps=5, noise=noise[:1].bfloat16())
     torch.testing.assert_close(FastPolicy(p16).predict_chunk(one, steps=5, noise=noise[:1].bfloat16()), ref)
+
+
+def test_a_backbone_without_a_static_prefill_is_refused_by_name(policy, monkeypatch):
+    monkeypatch.setattr(policy.backbone, "static_prefill", lambda: None)  # declares no fast path
+    with pytest.raises(ValueError, match="declares no static prefill plan .* use Policy.predict_chunk"):
+        FastPolicy(policy)

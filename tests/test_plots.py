@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from xr0.embodiments import get
+from xr0.plugins import load_plugins
 from xr0.plots import chunk_figure, robot_units
 from xr0.processor import ImageSpec, Processor
 
@@ -13,6 +14,7 @@ T = 5
 
 def _processor():
     rng = np.random.default_rng(0)
+    load_plugins()  # lab_arm comes from the example plugin; outside the CLI and fit, Python code loads them
     emb = get("lab_arm")  # 6 relative joints + an absolute gripper, 8-D state
     return Processor(emb, ImageSpec(size=(28, 28), factor=28), T, rng.normal(0.1, 0.2, (T, 32)),
                      rng.uniform(0.5, 2.0, (T, 32)), rng.normal(1.0, 0.5, 32), rng.uniform(0.5, 2.0, 32))

@@ -148,8 +148,10 @@ def test_smart_size_follows_qwen_and_size_rule_names_the_fix():
 
 
 def test_round_trip_through_a_checkpoint_dict_and_changed_embodiments():
+    from xr0.plugins import load_plugins
     from xr0.registry import EMBODIMENTS
 
+    load_plugins()  # example_arm comes from the example plugin
     p = processor(frame="delta")
     q = Processor.from_dict(p.to_dict())
     for k in ("action_mean", "action_std", "state_mean", "state_std", "action_mask"):

@@ -88,19 +88,22 @@ class LoadedPolicy:
     stats: Any
     stage: str | None
     processor: Any = None  # xr0.processor.Processor: raw observation -> batch, chunk -> robot actions
+    max_prefix: int | None = None  # the longest committed prefix Δt_c it was trained with (None: unknown)
 
 
 def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedPolicy:
     """Rebuild the stage a checkpoint (or export dir) was trained with, load its weights, return its policy."""
     from xr0 import config
+    from xr0.plugins import load_plugins
 
+    load_plugins()  # the recipe may name plugin parts (an entry point of its own: serving from Python)
     weights, meta = read_state(path)
     recipe = meta.get("xr0_recipe")
     if not recipe or "stage" not in recipe:
         raise ValueError(f"{path} carries no xr0_recipe: it was not written by `xr0 fit` (or the run predates "
                          f"metadata); cannot rebuild the model without the recipe")
+    # init_from stays as trained: stages read it only in Lightning's setup, which rebuilding never calls
     stage_tree = _export_paths(dict(recipe["stage"]), Path(path) if Path(path).is_dir() else None)
-    stage_tree["init_from"] = None  # the weights come from this checkpoint, not from the earlier stage
     broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
         raise CheckpointMismatch(f"{path}: {len(broken)} weight tensors hold NaN or inf (first: {broken[0]}); this "
@@ -126,8 +129,12 @@ def load_policy(path: str | Path, map_location: str | torch.device = "cpu") -> L
 
         processor = Processor.from_dict(meta["xr0_processor"])
         _check_backbone_spec(path, processor, getattr(policy, "backbone", None))
+    max_prefix = meta.get("xr0_max_prefix")
+    if max_prefix is None:  # written before checkpoints stored it: the rebuilt stage's prefix sampler tells
+        max_prefix = getattr(module, "trained_max_prefix", None)
     return LoadedPolicy(policy=policy, recipe=recipe, embodiment=meta.get("xr0_embodiment"),
-                        stats=meta.get("xr0_stats"), stage=meta.get("xr0_stage"), processor=processor)
+                        stats=meta.get("xr0_stats"), stage=meta.get("xr0_stage"), processor=processor,
+                        max_prefix=None if max_prefix is None else int(max_prefix))
 
 
 def check_shapes(stage_tree: dict[str, Any], weights: dict[str, torch.Tensor], path: Any) -> None:
@@ -169,7 +176,7 @@ def _export_paths(node: Any, export_dir: Path | None) -> Any:
 def _check_backbone_spec(path: Any, processor: Any, backbone: Any) -> None:
     """The rebuilt backbone must preprocess as the trained one did (pixel mean/std, prompt, patch·merge): a model
     served with other preprocessing than it was trained with answers confidently and wrongly."""
-    if backbone is None or not hasattr(backbone, "input_spec") or not processor.backbone:
+    if backbone is None or not processor.backbone:
         return
     now, trained = backbone.input_spec(), processor.backbone
     differ = [k for k in ("factor", "image_mean", "image_std", "prompt", "view_labels")

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("XR0_DEBUG"))
     argv = [a for a in argv if a != "--debug"]
     try:
+        from xr0.plugins import load_plugins
+
+        load_plugins()  # once, before the verbs are listed: plugins add verbs, robots and components
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "_run", None):

@@ -40,6 +40,19 @@ TOP_LEVEL = {"inherit", "stage", "data", "trainer", "run", "embodiment", "descri
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
+@dataclasses.dataclass
+class RunConfig:
+    """The `run:` section: where a run writes, how it checkpoints, how it survives bad steps (used by xr0.run)."""
+
+    out_dir: str = "runs/${stage.name}"
+    seed: int = 0
+    checkpoint_every_n_steps: int = 500
+    keep_last_k: int = 3
+    tensorboard: bool = True
+    max_nonfinite_steps: int = 5  # consecutive skipped non-finite steps before the run stops
+    activation_checkpointing: bool = False  # with trainer.strategy=fsdp: checkpoint each wrapped block
+
+
 class RecipeError(ValueError):
     """A recipe problem, with the YAML path of the bad key in the message (`problems`: one line each)."""
 
@@ -100,11 +113,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> DictCon
         if "=" not in item:
             raise RecipeError(f"override '{item}' is not of the form key.path=value (e.g. trainer.max_steps=10)")
     if not items:
-        return merged
+        return _checked(merged)
+    # `_name` variables first: a key merged into an interpolated section (stage.mask.x=… where stage.mask is
+    # ${_variants.${_variant}.mask}) freezes that section as the variables stand, whatever order they were typed in
+    items = [i for i in items if i.startswith("_")] + [i for i in items if not i.startswith("_")]
     try:  # all at once: merging them one by one re-parents the whole tree each time (quadratic in the count)
-        return OmegaConf.merge(merged, OmegaConf.from_dotlist(items))
+        result = OmegaConf.merge(merged, OmegaConf.from_dotlist(items))
     except (OmegaConfBaseException, ValueError, TypeError):
-        pass
+        result = None
+    if result is not None:
+        return _checked(result)
     # name the override that does not fit: the shortest failing prefix, found by bisection
     def fails(n: int) -> Exception | None:
         try:
@@ -121,6 +139,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> DictCon
     key = item.split("=", 1)[0]
     raise RecipeError(f"{key}: override '{item}' does not fit the recipe ({type(exc).__name__}: {exc}); "
                       f"e.g. a scalar cannot replace a section, nor a key index a list") from exc
+
+
+def _checked(cfg: DictConfig) -> DictConfig:
+    """A `_variant` must select a row that the stage reads (xr0.recipe_rules.variant_problems)."""
+    from xr0.recipe_rules import variant_problems
+
+    problems = variant_problems(cfg)
+    if problems:
+        raise RecipeError(problems[0], problems)
+    return cfg
 
 
 def resolve(cfg: DictConfig) -> dict[str, Any]:
@@ -331,8 +359,6 @@ def validate(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             problems += _check_keys("trainer", tree["trainer"], params, set(), "lightning.Trainer")
             problems += _check_types("trainer", tree["trainer"], hints)
     if isinstance(tree.get("run"), dict):
-        from xr0.run import RunConfig
-
         fields = {f.name: f for f in dataclasses.fields(RunConfig)}
         problems += _check_keys("run", tree["run"] or {}, fields, set(), "run")
         problems += _check_types("run", tree["run"] or {}, _dataclass_hints(RunConfig))

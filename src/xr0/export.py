@@ -14,7 +14,7 @@ import torch
 
 WEIGHTS = "model.safetensors"
 METADATA = "xr0.json"
-META_KEYS = ("xr0_recipe", "xr0_stats", "xr0_embodiment", "xr0_stage", "xr0_processor")
+META_KEYS = ("xr0_recipe", "xr0_stats", "xr0_embodiment", "xr0_stage", "xr0_processor", "xr0_max_prefix")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """Analytic cost model of the policy: FLOPs and bytes from the configs (nothing runs).
 
+The backbone counts its own vision tower and prefill (`Backbone.cost`, a declared capability of
+xr0.backbones.protocol; `prefill_cost` below serves any GQA decoder with a gated MLP); this module adds the DiT.
+
 FLOPs count matmuls only, 2·m·n·k each (convolutions the same way, as patch × kernel matmuls); norms,
 activations, RoPE and softmax are elementwise and left out, as torch's FlopCounterMode also leaves them.
 Attention is counted as the full rectangle it computes: scores 2·q·k·d plus AV 2·q·k·d per head. The VLM's
@@ -52,42 +55,25 @@ class Cost:
         return Cost(self.flops * k, self.bytes * k)
 
 
-def _mm(m: float, n: float, k: float) -> float:
+def matmul(m: float, n: float, k: float) -> float:
+    """FLOPs of an (m × k) @ (k × n) matmul."""
     return 2.0 * m * n * k
 
 
-def vision_cost(vision_config: Any, n_images: int, h: int, w: int, dtype_bytes: int) -> Cost:
-    """Qwen3-VL vision tower forward on n_images of h×w (attention is per image)."""
-    c = vision_config
-    d, i, p, tp = c.hidden_size, c.intermediate_size, c.patch_size, c.temporal_patch_size
-    merge2 = c.spatial_merge_size ** 2
-    patch_in = c.in_channels * tp * p * p  # an image is repeated over the temporal patch
-    n = (h // p) * (w // p)  # patches per image
-    tokens = n_images * n
-    merged = tokens // merge2
-    md = d * merge2
-    block = _mm(tokens, d, 3 * d) + _mm(tokens, d, d) + 2 * _mm(tokens, d, i) + n_images * 2 * _mm(n, n, d)
-    merger = _mm(merged, md, md) + _mm(merged, md, c.out_hidden_size)
-    mergers = 1 + len(c.deepstack_visual_indexes)
-    flops = _mm(tokens, patch_in, d) + c.depth * block + mergers * merger
-    block_params = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * i + i) + (i * d + d)
-    merger_params = (md * md + md) + (md * c.out_hidden_size + c.out_hidden_size)
-    params = (patch_in * d + d + c.num_position_embeddings * d + c.depth * block_params
-              + mergers * merger_params + 2 * d + len(c.deepstack_visual_indexes) * 2 * md)
-    return Cost(flops, (params + tokens * patch_in) * dtype_bytes)
-
-
-def prefill_cost(text_config: Any, seq_len: int, batch: int, dtype_bytes: int, kv_layers_kept: int) -> Cost:
-    """Language-model forward over seq_len tokens with GQA and SwiGLU, without the lm_head."""
+def prefill_cost(text_config: Any, seq_len: int, batch: int, dtype_bytes: int, kv_layers_kept: int,
+                 norm_params: int | None = None) -> Cost:
+    """Language-model forward over seq_len tokens with GQA and a gated MLP (SwiGLU, GeGLU), without the lm_head.
+    norm_params: weights of one layer's norms (None: Qwen3's two RMSNorms plus q/k norms, 2·hidden + 2·head_dim)."""
     c = text_config
     hd = c.head_dim
     hidden, inter, q, kv = c.hidden_size, c.intermediate_size, c.num_attention_heads * hd, c.num_key_value_heads * hd
     t = batch * seq_len
-    proj = _mm(t, hidden, q) + 2 * _mm(t, hidden, kv) + _mm(t, q, hidden)
-    attn = batch * c.num_attention_heads * 2 * _mm(seq_len, seq_len, hd)
-    layer = proj + attn + 3 * _mm(t, hidden, inter)
+    proj = matmul(t, hidden, q) + 2 * matmul(t, hidden, kv) + matmul(t, q, hidden)
+    attn = batch * c.num_attention_heads * 2 * matmul(seq_len, seq_len, hd)
+    layer = proj + attn + 3 * matmul(t, hidden, inter)
     bias = (q + 2 * kv + hidden) if getattr(c, "attention_bias", False) else 0
-    layer_params = hidden * (q + 2 * kv) + q * hidden + bias + 2 * hd + 3 * hidden * inter + 2 * hidden
+    norms = 2 * hidden + 2 * hd if norm_params is None else norm_params
+    layer_params = hidden * (q + 2 * kv) + q * hidden + bias + 3 * hidden * inter + norms
     params = c.num_hidden_layers * layer_params + min(t, c.vocab_size) * hidden + hidden
     kv_written = kv_layers_kept * 2 * t * kv
     return Cost(c.num_hidden_layers * layer, (params + kv_written) * dtype_bytes)
@@ -95,18 +81,18 @@ def prefill_cost(text_config: Any, seq_len: int, batch: int, dtype_bytes: int, k
 
 def dit_cost(head: Any, vlm_tokens: int, batch: int, steps: int, dtype_bytes: int,
              vlm_kv_heads: int | None = None) -> Cost:
-    """`steps` calls of the xr0 DiT (2 + chunk tokens, each layer over vlm_tokens + its own keys). Bytes per
-    call: every DiT weight plus the VLM K/V it reads (vlm_kv_heads wide; None: the DiT's own head count)."""
+    """`steps` calls of the xr0 DiT (its special tokens + chunk tokens, each layer over vlm_tokens + its own keys).
+    Bytes per call: every DiT weight plus the VLM K/V it reads (vlm_kv_heads wide; None: the DiT's own head count)."""
     w, t, a, b = head.width, head.chunk, head.action_dim, batch
-    n = 2 + t
+    n = len(head.special_tokens) + t
     inner = head.num_heads * head.head_dim
     mlp = head.blocks[0].mlp.gate.out_features  # mlp_ratio · width (the DiT keeps no mlp_ratio attribute)
     state_dim = head.state_mlp[0].in_features
-    embed = (_mm(b, state_dim, w) + _mm(b, w, w) + _mm(b * t, a, w) + _mm(b * t, w, w)
-             + _mm(b * n, head.t_embed_dim, w) + _mm(b * n, w, w) + _mm(b * n, w, 6 * w))
-    attn = b * head.num_heads * 2 * _mm(n, vlm_tokens + n, head.head_dim)
-    block = _mm(b * n, w, 3 * inner) + _mm(b * n, inner, w) + 3 * _mm(b * n, w, mlp) + attn
-    out = _mm(b * t, w, a) + _mm(b * t, a, a)
+    embed = (matmul(b, state_dim, w) + matmul(b, w, w) + matmul(b * t, a, w) + matmul(b * t, w, w)
+             + matmul(b * n, head.t_embed_dim, w) + matmul(b * n, w, w) + matmul(b * n, w, 6 * w))
+    attn = b * head.num_heads * 2 * matmul(n, vlm_tokens + n, head.head_dim)
+    block = matmul(b * n, w, 3 * inner) + matmul(b * n, inner, w) + 3 * matmul(b * n, w, mlp) + attn
+    out = matmul(b * t, w, a) + matmul(b * t, a, a)
     params = sum(p.numel() for p in head.parameters())
     vlm_kv = head.depth * 2 * b * (vlm_kv_heads or head.num_heads) * vlm_tokens * head.head_dim
     return Cost(embed + head.depth * block + out, (params + vlm_kv) * dtype_bytes).scaled(steps)
@@ -114,12 +100,15 @@ def dit_cost(head: Any, vlm_tokens: int, batch: int, steps: int, dtype_bytes: in
 
 def infer_cost(policy: Any, n_views: int, h: int, w: int, vlm_tokens: int, steps: int, batch: int = 1,
                dtype_bytes: int = 2) -> dict[str, Cost]:
-    """One `predict_chunk`: vision tower, VLM prefill (K/V of the DiT's layers kept), `steps` DiT calls."""
-    cfg = policy.backbone.hf.config
-    head = policy.head
-    parts = {"vision": vision_cost(cfg.vision_config, batch * n_views, h, w, dtype_bytes),
-             "prefill": prefill_cost(cfg.text_config, vlm_tokens, batch, dtype_bytes, head.depth),
-             "dit": dit_cost(head, vlm_tokens, batch, steps, dtype_bytes, cfg.text_config.num_key_value_heads)}
+    """One `predict_chunk`: vision tower, VLM prefill (K/V of the DiT's layers kept) — the backbone's declared
+    `cost` — and `steps` DiT calls."""
+    backbone, head = policy.backbone, policy.head
+    vlm = backbone.cost(batch * n_views, h, w, vlm_tokens, batch, dtype_bytes, head.depth)
+    if vlm is None:
+        raise ValueError(f"backbone {type(backbone).__name__} declares no analytic cost (its cost() returns None); "
+                         f"xr0.flops cannot count it")
+    parts = {"vision": vlm["vision"], "prefill": vlm["prefill"],
+             "dit": dit_cost(head, vlm_tokens, batch, steps, dtype_bytes, backbone.num_kv_heads)}
     parts["total"] = parts["vision"] + parts["prefill"] + parts["dit"]
     return parts
 

@@ -1,4 +1,4 @@
-"""Flow matching (SPEC §1.4; τ=1 is data): interpolation, target velocity, and the Euler sampler."""
+"""Flow matching (docs/method.md §1.4; τ=1 is data): interpolation, target velocity, and the Euler sampler."""
 from __future__ import annotations
 
 from collections.abc import Callable

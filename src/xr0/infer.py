@@ -1,7 +1,9 @@
 """The fast inference path: `FastPolicy.predict_chunk` computes what `Policy.predict_chunk` computes, faster.
 
-- The prompt (tokens, M-RoPE positions, padding mask, vision RoPE and position taps) is planned once per
-  (instructions, views, image size) and reused: see xr0.backbones.qwen3vl_static.
+- The prompt (tokens, positions, masks, vision tables: whatever the backbone needs besides the pixels) is planned
+  once per (instructions, views, image size) and reused: the backbone's declared static prefill
+  (`Backbone.static_prefill()`, xr0.backbones.protocol; e.g. xr0.backbones.qwen3vl_static). A backbone that
+  declares none cannot run here: FastPolicy says so, and `xr0 serve` then serves `Policy.predict_chunk`.
 - The VLM runs once per chunk and every DiT step reuses its K/V, RoPE and mask (DiT.prepare / DiT.step).
 - Shapes are static and nothing syncs with the host between the images going in and the chunk coming out,
   so on CUDA the whole chunk — vision, prefill, the Euler loop — is captured once per plan as CUDA graphs and
@@ -18,8 +20,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
-from xr0.backbones.qwen3vl_static import make_context, plan_prompt, prefill, vision
 
 PARTS = ("vision", "prefill", "dit")
 
@@ -55,15 +55,23 @@ class Graphed:
         return self.output
 
 
+def static_prefill(policy):
+    """The policy's backbone's declared static prefill (xr0.backbones.protocol), or None."""
+    return policy.backbone.static_prefill()
+
+
 class FastPolicy:
-    """Wraps a Policy (Qwen3-VL backbone) for inference: same interface as Policy for predict_chunk, context and
-    velocity (the deploy plugin's RTC path uses the last two, unchanged). A chunk is three parts — vision, prefill,
-    DiT loop — chained; on CUDA each is a CUDA graph reading the previous one's outputs in place."""
+    """Wraps a Policy for inference: same interface as Policy for predict_chunk, context and velocity (the deploy
+    plugin's RTC path uses the last two, unchanged). A chunk is three parts — vision, prefill, DiT loop — chained;
+    on CUDA each is a CUDA graph reading the previous one's outputs in place. The backbone's declared static
+    prefill supplies the first two."""
 
     def __init__(self, policy, cuda_graph: bool | None = None, compile: bool = False, max_plans: int = 8):
-        if not hasattr(policy.backbone, "hf"):
-            raise ValueError("FastPolicy plans the Qwen3-VL prefill; this policy's backbone is "
-                             f"{type(policy.backbone).__name__}: use Policy.predict_chunk")
+        self.static = static_prefill(policy)
+        if self.static is None:
+            raise ValueError(f"backbone {type(policy.backbone).__name__} declares no static prefill plan "
+                             f"(its static_prefill() returns None), so FastPolicy cannot run it; use "
+                             f"Policy.predict_chunk (xr0 serve --fast off)")
         self.policy, self.head = policy.eval(), policy.head
         self.device = next(policy.parameters()).device
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
@@ -97,13 +105,17 @@ class FastPolicy:
         inputs, plan = self._inputs(batch, None, None)
         steps = steps or self.policy.flow_steps
         parts = self._parts(plan, steps, inputs)
-        embeds, deepstack = parts["vision"](images=inputs["images"], image_mask=inputs["image_mask"])
-        keys, values = parts["prefill"](embeds=embeds, **_named("ds", deepstack))
+        seen = parts["vision"](images=inputs["images"], image_mask=inputs["image_mask"])
+        keys, values = parts["prefill"](**_named("x", seen))
         args = {"vision": {"images": inputs["images"], "image_mask": inputs["image_mask"]},
-                "prefill": {"embeds": embeds, **_named("ds", deepstack)},
+                "prefill": _named("x", seen),
                 "dit": {**_named("k", keys), **_named("v", values),
                         **{k: inputs[k] for k in DIT_INPUTS}}}
         return {p: (lambda f=parts[p], a=args[p]: _in_inference(f, a)) for p in PARTS}
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        """VLM tokens per sample of this batch's planned prompt (the K/V length the DiT reads)."""
+        return self.static.tokens(self._plan(batch)["prompt"])
 
     # ---------------------------------------------------------------- the three parts
     def _parts(self, plan: dict[str, Any], steps: int, inputs: dict[str, Tensor]) -> dict[str, Callable[..., Any]]:
@@ -111,14 +123,13 @@ class FastPolicy:
         step count): compiled if asked, and on CUDA each captured as a graph reading the previous one's outputs."""
         prompt = plan["prompt"]
         if "vision" not in plan:
-            vision = lambda images, image_mask: self._vision(prompt, images, image_mask)
-            prefill = lambda embeds, **ds: self._prefill(prompt, embeds, _unnamed("ds", ds))
+            vision = lambda images, image_mask: list(self.static.vision(prompt, images, image_mask))
+            prefill = lambda **seen: self.static.prefill(prompt, _unnamed("x", seen), self.head.depth)
             vision, prefill = (torch.compile(vision, dynamic=False), torch.compile(prefill, dynamic=False)) \
                 if self.compile else (vision, prefill)
             if self.cuda_graph:
                 vision = Graphed(vision, {"images": inputs["images"], "image_mask": inputs["image_mask"]}, self.device)
-                embeds, deepstack = vision.output
-                pre_in = {"embeds": embeds, **_named("ds", deepstack)}
+                pre_in = _named("x", vision.output)
                 prefill = Graphed(prefill, pre_in, self.device, shared=tuple(pre_in))
             plan["vision"], plan["prefill"] = vision, prefill
         if ("dit", steps) not in plan:
@@ -133,18 +144,24 @@ class FastPolicy:
         return {"vision": plan["vision"], "prefill": plan["prefill"], "dit": plan[("dit", steps)]}
 
     # ---------------------------------------------------------------- internals
-    def _inputs(self, batch: dict[str, Any], prefix: Tensor | None, noise: Tensor | None):
-        images, state = batch["images"], batch["state"]
-        b, v, _, h, w = images.shape
-        t, a_dim = self.head.chunk, batch["action_mask"].shape[-1]
+    def _plan(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The plan of this batch's prompt layout (LRU, max_plans kept): planned once, then its parts built once."""
+        _, v, _, h, w = batch["images"].shape
         key = (tuple(batch["instruction"]), v, h, w)
         plan = self._plans.get(key)
         if plan is None:
-            plan = {"prompt": plan_prompt(self.policy.backbone, list(batch["instruction"]), v, h, w)}
+            plan = {"prompt": self.static.plan(list(batch["instruction"]), v, h, w)}
             self._plans[key] = plan
             while len(self._plans) > self.max_plans:
                 self._plans.popitem(last=False)
         self._plans.move_to_end(key)
+        return plan
+
+    def _inputs(self, batch: dict[str, Any], prefix: Tensor | None, noise: Tensor | None):
+        images, state = batch["images"], batch["state"]
+        b, v, _, h, w = images.shape
+        t, a_dim = self.head.chunk, batch["action_mask"].shape[-1]
+        plan = self._plan(batch)
         dev, dtype = self.device, state.dtype
         prefix_full = torch.zeros(b, t, a_dim, device=dev, dtype=dtype)
         prefix_len = torch.zeros(b, dtype=torch.long, device=dev)
@@ -161,14 +178,8 @@ class FastPolicy:
                   "prefix": prefix_full, "prefix_len": prefix_len}
         return inputs, plan
 
-    def _vision(self, prompt, images, image_mask):
-        return vision(self.policy.backbone, prompt, images, image_mask)
-
-    def _prefill(self, prompt, embeds, deepstack):
-        return prefill(self.policy.backbone, prompt, embeds, deepstack, self.head.depth)
-
     def _dit(self, prompt, steps, keys, values, state, action_mask, noise, prefix, prefix_len):
-        ctx = make_context(self.policy.backbone, prompt, keys, values)
+        ctx = self.static.context(prompt, keys, values)
         # prefix_len 0 everywhere is the no-prefix case: no row is kept, no token is offset (same numbers)
         return self.policy.sample(ctx, {"state": state, "action_mask": action_mask}, prefix, prefix_len, steps, noise)
 
@@ -178,8 +189,8 @@ DIT_INPUTS = ("state", "action_mask", "noise", "prefix", "prefix_len")
 
 def chain(parts: dict[str, Callable[..., Any]], inputs: dict[str, Tensor]) -> Tensor:
     """One chunk: vision → prefill → DiT loop, each part fed the previous one's outputs."""
-    embeds, deepstack = parts["vision"](images=inputs["images"], image_mask=inputs["image_mask"])
-    keys, values = parts["prefill"](embeds=embeds, **_named("ds", deepstack))
+    seen = parts["vision"](images=inputs["images"], image_mask=inputs["image_mask"])
+    keys, values = parts["prefill"](**_named("x", seen))
     return parts["dit"](**_named("k", keys), **_named("v", values), **{k: inputs[k] for k in DIT_INPUTS})
 
 

@@ -1,6 +1,7 @@
 """Plugin discovery through the `xr0.plugins` entry-point group, and nothing else.
 
-Importing a plugin's module registers its parts. A plugin that fails to import is an error that names
+Importing a plugin's module registers its parts. Plugins load once, at the entry points: the `xr0` CLI, `xr0.run.fit`
+and `xr0.checkpoint.load_policy` (a Python user of other APIs calls `load_plugins()` first). A plugin that fails to import is an error that names
 its distribution; XR0_PLUGIN_ERRORS=warn downgrades that to a warning (e.g. to run with a broken robot SDK).
 """
 from __future__ import annotations
@@ -41,9 +42,9 @@ def load_plugins() -> list[LoadedPlugin]:
         dist = ep.dist.name if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
         info = LoadedPlugin(ep.name, dist, ep.value, version)
-        registry._current_origin.append(dist)
         try:
-            ep.load()
+            with registry.registering_for(dist):
+                ep.load()
         except Exception as exc:  # a broken plugin must name itself, whatever it raised
             info.error = f"{type(exc).__name__}: {exc}"
             msg = (
@@ -55,9 +56,8 @@ def load_plugins() -> list[LoadedPlugin]:
             else:
                 _loaded.append(info)
                 raise PluginError(msg) from exc
-        finally:
-            registry._current_origin.pop()
         _loaded.append(info)
+    registry.plugins_loaded()
     return _loaded
 
 

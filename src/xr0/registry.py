@@ -5,17 +5,36 @@ builder and records where each entry came from (xr0 itself or a plugin's distrib
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-# Set by xr0.plugins while a plugin module is imported; entries defined elsewhere find their distribution
-# from their module's top-level package (so a plugin imported directly, e.g. by its tests, still says its name).
+# The distribution whose plugin module is being imported (`registering_for`); entries defined elsewhere find their
+# distribution from their module's top-level package (so a plugin imported directly, e.g. by its tests, still says
+# its name).
 _current_origin: list[str] = ["xr0"]
 _package_dists: dict[str, list[str]] | None = None
+_plugins_loaded = False
+
+
+@contextlib.contextmanager
+def registering_for(distribution: str) -> Iterator[None]:
+    """Entries registered inside this block come from `distribution` (xr0.plugins wraps each plugin's import)."""
+    _current_origin.append(distribution)
+    try:
+        yield
+    finally:
+        _current_origin.pop()
+
+
+def plugins_loaded() -> None:
+    """Recorded by xr0.plugins.load_plugins, so an unknown name can say whether plugins were looked at."""
+    global _plugins_loaded
+    _plugins_loaded = True
 
 
 def _origin_of(obj: Any) -> str:
@@ -77,12 +96,11 @@ class Registry:
         return deco
 
     def _ensure_loaded(self) -> None:
+        """The built-in entries (importing the kind's xr0 package registers them). Plugins are loaded once by the
+        entry points (the CLI, `xr0.run.fit`, `xr0.checkpoint.load_policy`), never from here."""
         if not self._builtins_loaded:
             self._builtins_loaded = True
-            importlib.import_module(self._builtin)  # its import registers the built-in entries
-        from xr0.plugins import load_plugins  # late: plugins import this module
-
-        load_plugins()
+            importlib.import_module(self._builtin)
 
     def entry(self, name: str) -> Entry:
         self._ensure_loaded()
@@ -95,7 +113,8 @@ class Registry:
         close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         listed = ", ".join(names) if names else "(none registered)"
-        return f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}s: {listed}"
+        unloaded = "" if _plugins_loaded else " (plugins are not loaded: from Python, call xr0.plugins.load_plugins())"
+        return f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}s: {listed}{unloaded}"
 
     def get(self, name: str) -> Callable[..., Any]:
         return self.entry(name).obj

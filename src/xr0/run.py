@@ -10,24 +10,13 @@ import fcntl
 import itertools
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from xr0 import config
+from xr0.config import RunConfig
 
-
-@dataclass
-class RunConfig:
-    """The `run:` section: where a run writes, how it checkpoints, how it survives bad steps."""
-
-    out_dir: str = "runs/${stage.name}"
-    seed: int = 0
-    checkpoint_every_n_steps: int = 500
-    keep_last_k: int = 3
-    tensorboard: bool = True
-    max_nonfinite_steps: int = 5  # consecutive skipped non-finite steps before the run stops
-    activation_checkpointing: bool = False  # with trainer.strategy=fsdp: checkpoint each wrapped block
+__all__ = ["RunConfig", "RunFolderBusy", "fit"]
 
 
 def run_config(tree: dict[str, Any]) -> RunConfig:
@@ -109,8 +98,8 @@ def _run_dir(run: RunConfig, resume: str | None) -> Path:
 def attach_processor(module: Any, datamodule: Any) -> None:
     """Hand the backbone's input spec to the data (so it resizes as the backbone expects) and put the data's
     processor on the stage, which saves it in every checkpoint (xr0.processor)."""
-    backbone = getattr(getattr(module, "policy", module), "backbone", None)
-    spec = backbone.input_spec() if hasattr(backbone, "input_spec") else {}
+    backbone = getattr(getattr(module, "policy", module), "backbone", None)  # stage 1 holds it, stages 2/3 the policy
+    spec = backbone.input_spec() if backbone is not None else {}  # the Backbone contract (xr0.backbones.protocol)
     if hasattr(datamodule, "configure"):
         datamodule.configure(spec)
     if hasattr(datamodule, "processor"):
@@ -159,8 +148,10 @@ def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = No
     import lightning as L
 
     from xr0.fault import clean_stale, find_resume_checkpoint, recover_last
+    from xr0.plugins import load_plugins
     from xr0.strategies import global_batch
 
+    load_plugins()  # a recipe may name plugin parts; idempotent when the CLI already loaded them
     tree = config.validate(config.load_recipe(recipe, overrides))
     run = run_config(tree)
     rank0 = is_rank_zero()

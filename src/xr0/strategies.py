@@ -50,12 +50,6 @@ class ShardedStage:
             shard_fsdp2(self, self.device_mesh["data_parallel"])
 
 
-# Declared blocks the model runs through their parts rather than their forward(): a unit of their own would never
-# be gathered, so they stay in the root unit (gathered for the whole step). xr0's batched vision path
-# (`xr0.backbones.qwen3vl_static.encode_images`) calls each vision block's norm/attention/MLP directly.
-RUN_BY_PARTS = ("Qwen3VLVisionBlock",)
-
-
 def shard_fsdp2(module: Any, mesh: Any) -> None:
     """One FSDP2 unit per block the model declares (`fsdp_wrap_modules`), then the module itself as the root
     unit, which gathers around the training/validation steps because the stages call their parts' own methods
@@ -70,7 +64,7 @@ def shard_fsdp2(module: Any, mesh: Any) -> None:
 
     if isinstance(module, FSDPModule):  # configure_model runs again for validate/test after fit
         return
-    wrap = tuple(t for t in wrap_modules(module) if t.__name__ not in RUN_BY_PARTS)
+    wrap = tuple(wrap_modules(module))  # blocks run through their forward (a backbone lists no others)
     for sub in list(module.modules()):
         if sub is not module and wrap and isinstance(sub, wrap):
             fully_shard(sub, mesh=mesh, reshard_after_forward=False)

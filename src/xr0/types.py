@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-ACTION_DIM = 32  # canonical padded action/state width (SPEC §4)
+ACTION_DIM = 32  # canonical padded action/state width (docs/method.md §4)
 STD_FLOOR = 1e-6  # a std below this (padded or constant dims) normalises by 1 instead
 
 
 @dataclass
 class VLMContext:
-    """What the DiT needs from one VLM forward (SPEC §1.1)."""
+    """What the DiT needs from one VLM forward (docs/method.md §1.1)."""
 
     keys: list[Tensor]  # per VLM layer given to the DiT (the last K), each (B, kv_heads, S, head_dim), rotated
     values: list[Tensor]  # same shapes

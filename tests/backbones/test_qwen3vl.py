@@ -366,3 +366,19 @@ def test_lora_gradients_reach_the_adapters_through_the_keys():
     grads = {n: p.grad for n, p in vlm.named_parameters() if p.requires_grad}
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_A" in n or "lora_B" in n)
     assert all(p.grad is None for n, p in vlm.named_parameters() if not p.requires_grad)
+
+
+def test_cost_counts_every_weight_once(vlm):
+    """The analytic bytes (xr0.flops via Qwen3VLBackbone.cost): the vision tower's weights plus its pixels, and with
+    as many tokens as the vocabulary the whole language model (its embedding table read in full)."""
+    from xr0 import flops
+    from xr0.backbones.qwen3vl import vision_cost
+
+    imgs, mask = batch()
+    inputs = vlm.prepare(imgs, mask, ["a", "b"])
+    cfg = vlm.hf.config
+    vis = vision_cost(cfg.vision_config, 4, 56, 56, dtype_bytes=4)
+    assert vis.bytes == 4 * (sum(p.numel() for p in vlm.hf.model.visual.parameters()) + inputs["pixel_values"].numel())
+    full = flops.prefill_cost(cfg.text_config, cfg.text_config.vocab_size, 1, dtype_bytes=1, kv_layers_kept=0)
+    assert full.bytes == sum(p.numel() for p in vlm.hf.model.language_model.parameters())
+    assert vlm.cost(4, 56, 56, 10, 2, 4, 2)["vision"] == vis

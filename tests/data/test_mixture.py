@@ -54,3 +54,47 @@ def test_mixture_rejects_too_few_shards_for_the_workers(cards):
     robot, vl = cards
     with pytest.raises(ValueError, match="needs at least 8 per card"):
         WebDatasetData(cards=[str(robot), str(vl)], weights=[6, 1], num_workers=8)
+
+
+def test_vl_ratio_holds_one_to_six_by_construction(cards):
+    """data.vl_ratio "1:6": batches of 14 hold exactly 2 VL and 12 robot samples, batches of 16 hold 2 or 3 with
+    the running total exact to one sample — not a weighted draw per sample."""
+    from xr0.data.mix import interleave, parse_vl_ratio, vl_count
+
+    robot, vl = cards
+    for batch_size in (14, 16):
+        dm = WebDatasetData(cards=[str(robot), str(vl)], vl_ratio="1:6", batch_size=batch_size, num_workers=0,
+                            image_size=8, samples_per_epoch=batch_size * 20, shuffle_buffer=10)
+        n_vl = n_all = 0
+        for b in dm.train_dataloader():
+            kinds = dict(split_kinds(dm.account(b)))
+            got = len(kinds["vl"]["answer"]) if "vl" in kinds else 0
+            n_vl, n_all = n_vl + got, n_all + batch_size
+            assert got in ({2} if batch_size == 14 else {2, 3})
+            assert n_vl == n_all // 7  # the running total: exactly ⌊n/7⌋ VL samples after n samples
+        assert n_all == batch_size * 20
+    assert parse_vl_ratio("1:6") == parse_vl_ratio(1 / 6) == parse_vl_ratio("0.5:3")
+    assert parse_vl_ratio(None) is None and parse_vl_ratio(0) == 0
+    for bad in ("1/6:", "one to six", -0.2, "1:0"):
+        with pytest.raises(ValueError, match='write VL:robot as "1:6"'):
+            parse_vl_ratio(bad)
+    # the schedule itself: 700 samples at 1:6 hold exactly 100 VL ones; batches of 2 robot samples get one VL
+    # sample every third batch
+    stream = interleave(iter(["r"] * 600), iter(["v"] * 100), parse_vl_ratio("1:6"))
+    assert [next(stream) for _ in range(700)].count("v") == 100
+    assert [vl_count(i, 2, parse_vl_ratio("1:6")) for i in range(9)] == [0, 0, 1, 0, 0, 1, 0, 0, 1]
+
+
+def test_vl_ratio_without_a_vl_card_is_a_validate_error(cards):
+    from xr0.config import RecipeError, validate
+
+    robot, _ = cards
+    tree = {"stage": {"name": "vlm_cotrain", "backbone": {"name": "qwen3vl", "tiny": {}},
+                      "head": {"name": "choice_policy", "chunk": 10}},
+            "data": {"name": "webdataset", "cards": [str(robot)], "vl_ratio": "1:6", "image_size": 8}}
+    with pytest.raises(RecipeError, match="vl_ratio: '1:6' asks for vision-language samples but no card in the "
+                                          "mixture is `kind: vl`"):
+        validate(tree)
+    tree["data"]["vl_ratio"] = "one in seven"
+    with pytest.raises(RecipeError, match="data: vl_ratio: 'one in seven' is not a ratio"):
+        validate(tree)

@@ -56,3 +56,16 @@ def test_vl_ratio_adds_a_vl_sub_batch():
     assert len(vl["prompt"]) == len(vl["answer"]) == vl["images"].shape[0] == 1 and vl["kind"] == ["vl"]
     assert vl["answer"][0] == ("yes" if b["robot"]["state"][0, 0] > 0 else "no")
     assert b["robot"]["actions"].shape[0] == 6
+
+
+def test_holdout_samples_are_never_trained_on():
+    dm = build({"name": "synthetic", "batch_size": 4, "num_samples": 20, "chunk": 4, "holdout": 6}, "data")
+    seen = set()
+    for _ in range(3):
+        for b in dm.train_dataloader():
+            seen |= set(b["index"])
+    held = dm.heldout_batch()
+    assert seen == set(range(14)) and held["index"] == list(range(14, 20))
+    assert held["actions"].shape == (6, 4, ACTION_DIM)
+    with pytest.raises(ValueError, match="data.holdout must be in 0..19"):
+        build({"name": "synthetic", "num_samples": 20, "holdout": 20}, "data")

@@ -1,4 +1,4 @@
-"""Flow matching (SPEC §1.4): interpolation, target velocity, per-token τ, and the Euler sampler."""
+"""Flow matching (docs/method.md §1.4): interpolation, target velocity, per-token τ, and the Euler sampler."""
 import pytest
 import torch
 
@@ -63,7 +63,7 @@ def test_prefix_length_may_be_one_int_for_the_batch():
 
 
 def test_default_is_five_steps_and_one_step_is_allowed():
-    """Five Euler steps of 0.2 by default (SPEC §1.4); one step is the coarsest valid integration."""
+    """Five Euler steps of 0.2 by default (docs/method.md §1.4); one step is the coarsest valid integration."""
     a, eps = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
     taus = []
     out = euler_sample(lambda x, tau: taus.append(tau[0, 0].item()) or target_velocity(a, eps), eps)

@@ -17,6 +17,7 @@ def test_example_plugin_is_installed_and_discovered():
 
 
 def test_plugin_entries_record_their_distribution():
+    plugins.load_plugins()
     origins = {e.origin for e in EMBODIMENTS.entries()}
     assert "xr0-embodiment-example" in origins
 
@@ -60,3 +61,16 @@ def test_ls_lists_robot_drivers_and_takes_plurals(capsys):
     assert out.startswith("robots:") and "sim_arm" in out and "xr0-deploy" in out
     assert main(["ls", "heads"]) == 0 and "dit" in capsys.readouterr().out
     assert main(["ls", "head"]) == 0 and "choice_policy" in capsys.readouterr().out
+
+
+def test_the_registry_never_loads_plugins_itself():
+    """Plugins load at the entry points (CLI, fit, load_policy): a fresh interpreter that only asks the registry sees
+    xr0's own entries, and the unknown-name error says how to load them; the CLI sees the plugin's."""
+    code = ("from xr0.registry import EMBODIMENTS\n"
+            "assert 'libero_franka' in EMBODIMENTS and 'example_arm' not in EMBODIMENTS\n"
+            "try:\n    EMBODIMENTS.get('example_arm')\n"
+            "except KeyError as e:\n    print(e)\n"
+            "from xr0.plugins import load_plugins\nload_plugins()\nassert 'example_arm' in EMBODIMENTS\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "plugins are not loaded: from Python, call xr0.plugins.load_plugins()" in out.stdout

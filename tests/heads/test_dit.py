@@ -5,11 +5,21 @@ import pytest
 import torch
 
 from xr0.heads.dit import DiT
-from xr0.masks import causal_mask, lambda_mask
+from xr0.masks import causal_mask as _causal
+from xr0.masks import lambda_mask as _lambda
 from xr0.registry import HEADS
 from xr0.types import VLMContext
 
 HD = 8
+K = len(DiT.special_tokens)  # the DiT's [SINK, state]: the masks are built over them
+
+
+def causal_mask(t):
+    return _causal(t, special=K)
+
+
+def lambda_mask(t, window=4):
+    return _lambda(t, window, special=K)
 
 
 def rope(pos):
@@ -206,3 +216,17 @@ def test_every_release_key_map_row_names_a_dit_parameter_of_the_right_shape():
         for i in range(d["L"]):
             expected[rule.xr0.format(i=i)] = K.eval_shape(rule.shape, d)
     assert expected == params
+
+
+def test_head_dim_left_null_follows_the_vlm():
+    """head_dim: null (the default) waits for the backbone's: the policy binds it, once; the blocks exist after."""
+    dit = DiT(width=16, depth=2, num_heads=2, chunk=8)
+    assert dit.head_dim is None and len(dit.blocks) == 0
+    with pytest.raises(ValueError, match="not bound to a VLM yet"):
+        dit.check_backbone(num_layers=2, num_kv_heads=2, head_dim=HD)
+    assert dit.bind(HD) is dit and dit.blocks[0].attn.q_norm.weight.shape == (HD,) and len(dit.blocks) == 2
+    dit.bind(HD)  # the same again is fine
+    with pytest.raises(ValueError, match="head_dim=8 must equal the VLM's head_dim=16"):
+        dit.bind(16)
+    state, acts, tau = inputs()
+    assert dit(make_ctx(), state, acts, tau, causal_mask(8), torch.ones(2, 8, dtype=torch.bool)).shape == (2, 8, 32)

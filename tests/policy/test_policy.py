@@ -11,7 +11,7 @@ from torch import nn
 from xr0 import flow
 from xr0.heads.dit import DiT
 from xr0.masks import Causal, Lambda
-from xr0.policy import Policy
+from xr0.policy import REWEIGHT_CLAMP, Policy, reweight_mode, reweight_weights
 from xr0.samplers import BetaTau
 from xr0.types import VLMContext
 
@@ -108,7 +108,7 @@ def test_predict_chunk_keeps_the_prefix_and_conditions_on_it():
 
 
 def _expected_loss(policy, batch, ctx, tau_value, prefix_len, seed, weight=None):
-    """The flow-matching loss written out from SPEC §1.4 / §2 stage 3, replaying the policy's random draws."""
+    """The flow-matching loss written out from docs/method.md §1.4 and §2.3, replaying the policy's random draws."""
     a = batch["actions"]
     torch.manual_seed(seed)
     eps = torch.randn_like(a)
@@ -191,6 +191,87 @@ def test_reweighting_follows_the_generation_error_and_only_with_a_prefix():
     assert torch.allclose(plain, rw)
 
 
+def _errors(scales, t=T, a=7, seed=3):
+    """|â − a| per sample: positive noise in [0.5, 1.5) times each sample's scale (not a 0/1 pattern)."""
+    g = torch.Generator().manual_seed(seed)
+    err = 0.5 + torch.rand(len(scales), t, a, generator=g)  # (B,T,A)
+    return err * torch.tensor(scales, dtype=torch.float32)[:, None, None]
+
+
+def test_batch_reweighting_gives_the_sample_with_larger_errors_the_larger_mean_weight():
+    err = _errors([0.01, 1.0])  # sample 1 deviates 100x more
+    valid, has_prefix = torch.ones_like(err, dtype=torch.bool), torch.tensor([True, True])
+    w = reweight_weights(err, valid, has_prefix, "batch")
+    small, large = w[0].mean().item(), w[1].mean().item()
+    assert large > 1.5 and small < 0.6 and large > 3 * small  # the paper: larger deviations weigh more
+    # the per-sample option normalises each sample by itself: both end with the same mean weight
+    ws = reweight_weights(err, valid, has_prefix, "sample")
+    assert ws[0].mean().item() == pytest.approx(ws[1].mean().item(), rel=0.05)
+    assert ws[0].mean().item() == pytest.approx(1.0, abs=0.05)
+    # the paper's form is the default meaning of `reweight: true`; false/null is off
+    assert (reweight_mode(True), reweight_mode(False), reweight_mode(None), reweight_mode("sample")) == \
+        ("batch", "off", "off", "sample")
+    with pytest.raises(ValueError, match="stage.reweight must be one of off, batch, sample"):
+        reweight_mode("per_sample")
+
+
+def test_reweighting_clamps_the_ratio_to_half_and_five():
+    assert REWEIGHT_CLAMP == (0.5, 5.0)
+    err = _errors([0.1, 0.1], seed=5)
+    err[1, 2, 3] = 40.0  # one element 20x the batch mean (≈ 0.1 + 40/84 per element): ratio ≈ 70
+    valid, has_prefix = torch.ones_like(err, dtype=torch.bool), torch.tensor([True, True])
+    w = reweight_weights(err, valid, has_prefix, "batch")
+    ratio = err / err.mean()
+    assert ratio[1, 2, 3] > 50  # far past the upper bound ...
+    assert w[1, 2, 3].item() == 5.0  # ... so it is clamped to 5
+    low = ratio < 0.5
+    assert low.any() and torch.all(w[low] == 0.5)  # the small ones are lifted to 0.5
+    mid = (ratio > 0.5) & (ratio < 5.0)
+    assert torch.allclose(w[mid], ratio[mid], rtol=1e-5)  # in between: the ratio itself
+
+
+def test_samples_without_a_prefix_keep_weight_one_and_stay_out_of_the_mean():
+    err = _errors([0.2, 1.0, 3.0], seed=7)
+    valid = torch.ones_like(err, dtype=torch.bool)
+    valid[0, :2] = False  # sample 0's first two steps are its prefix (not in the loss)
+    has_prefix = torch.tensor([True, False, True])
+    w = reweight_weights(err, valid, has_prefix, "batch")
+    assert torch.all(w[1] == 1.0)  # generated from scratch: not re-weighted
+    err_big = err.clone()
+    err_big[1] *= 1000  # the un-prefixed sample's error does not move the others' weights
+    assert torch.equal(reweight_weights(err_big, valid, has_prefix, "batch"), w)
+    # the mean runs over valid elements only: a huge error on a prefix position changes nothing
+    err_prefix = err.clone()
+    err_prefix[0, :2] = 1e6
+    assert torch.equal(reweight_weights(err_prefix, valid, has_prefix, "batch"), w)
+    expected = (err[2] / torch.cat([err[0][valid[0]], err[2].reshape(-1)]).mean()).clamp(0.5, 5.0)
+    assert torch.allclose(w[2], expected)
+
+
+def test_flow_loss_reweights_over_the_whole_batch():
+    """Both samples carry a prefix: the weights divide by the mean error over both samples' valid elements."""
+    policy, batch = make_policy(tau_sampler=FixedTau(0.3), mask=Lambda()), make_batch(seed=4)
+    ctx = policy.context(batch)
+    plen = torch.tensor([3, 1])
+    a = batch["actions"]
+    bias = torch.tensor([0.02, 2.0])[:, None, None] * torch.linspace(0.5, 1.5, 32)  # sample 1 deviates 100x more
+    policy.sample = lambda ctx, batch, prefix=None, prefix_len=None, steps=None, noise=None: a + bias
+    torch.manual_seed(5)
+    out = policy.flow_loss(batch, ctx, prefix_len=plen, reweight=True)
+    is_prefix = torch.arange(T)[None] < plen[:, None]
+    valid = batch["action_mask"][:, None, :] & (batch["chunk_mask"] & ~is_prefix)[..., None]
+    err = bias.expand_as(a)
+    w = (err / err[valid].mean()).clamp(0.5, 5.0)  # one mean for the batch
+    torch.manual_seed(5)
+    eps = torch.randn_like(a)
+    tau = torch.where(is_prefix, 1.0, 0.3)
+    x = torch.where(is_prefix[..., None], a, tau[..., None] * a + (1 - tau[..., None]) * eps)
+    u = torch.where(is_prefix[..., None], 0.0, a - eps)
+    v = policy.velocity(ctx, batch, x, tau, plen)
+    assert torch.allclose(out["loss"], ((w * (v - u) ** 2)[valid]).mean(), atol=1e-6)
+    assert w[1][valid[1]].mean() > 3 * w[0][valid[0]].mean()
+
+
 def test_shared_prefix_tau_gives_prefix_tokens_the_noisy_tau():
     seen = []
     policy, batch = make_policy(prefix_tau="shared", tau_sampler=FixedTau(0.2)), make_batch()
@@ -223,6 +304,13 @@ def test_head_that_cannot_read_the_vlm_is_refused_at_construction():
         Policy(StandInBackbone(), head, Causal(), BetaTau())
     with pytest.raises(ValueError, match="exceeds the VLM's 2 layers"):
         Policy(StandInBackbone(), DiT(width=16, depth=3, num_heads=2, head_dim=HD), Causal(), BetaTau())
+
+
+def test_a_head_dim_left_null_follows_the_backbone():
+    """One source for the fact: the DiT's head_dim is the VLM's when the recipe leaves it out."""
+    policy = Policy(StandInBackbone(), DiT(width=16, depth=2, num_heads=2, chunk=T), Causal(), BetaTau())
+    assert policy.head.head_dim == HD and len(policy.head.blocks) == 2
+    assert policy.predict_chunk(make_batch(), steps=2).shape == (B, T, 32)
 
 
 def test_prefix_positions_helper_matches_the_lengths():

@@ -105,7 +105,8 @@ def write_release(root: Path, tensors: dict[str, torch.Tensor] | None = None, ro
 
 
 def tiny_post_train(imp, extra=()):
-    """The post_train stage of recipes/post_train_from_release_sync.yaml at the tiny release's sizes."""
+    """The post_train stage of recipes/post_train_from_release_sync.yaml at the tiny release's sizes, set up as
+    Lightning sets it up before training (its `setup` reads `init_from`: the imported release)."""
     from xr0 import config
 
     overrides = [f"_release={imp}", "embodiment=null", f"_chunk={T}", f"stage.head.width={D}",
@@ -114,7 +115,9 @@ def tiny_post_train(imp, extra=()):
                  f"_tiny_data={{name: synthetic, chunk: {T}, batch_size: 2}}",
                  "data=${_tiny_data}", *extra]  # replaces the recipe's data node (a dict would merge into it)
     tree = config.validate(config.load_recipe("recipes/post_train_from_release_sync.yaml", overrides))
-    return config.build(tree["stage"], "stage"), tree
+    stage = config.build(tree["stage"], "stage")
+    stage.setup("fit")
+    return stage, tree
 
 
 @pytest.fixture

@@ -222,6 +222,13 @@ def test_export_reads_a_post_train_checkpoint(release, tmp_path):
     torch.save(ckpt, tmp_path / "lora.ckpt")
     with pytest.raises(ReleaseError, match="LoRA adapter weights.*merge"):
         export_release(tmp_path / "lora.ckpt", tmp_path / "rel2", template=release)
+    # another VLM family cannot go into the released (Qwen3-VL) format: said before any tensor is mapped
+    del ckpt["state_dict"]["policy.backbone.model.model.language_model.layers.0.mlp.up_proj.lora_A.default.weight"]
+    ckpt["xr0_recipe"] = {**ckpt["xr0_recipe"], "stage": {**ckpt["xr0_recipe"]["stage"],
+                                                          "backbone": {"name": "paligemma", "tiny": {}}}}
+    torch.save(ckpt, tmp_path / "pg.ckpt")
+    with pytest.raises(ReleaseError, match="its VLM is 'paligemma'.*holds a Qwen3-VL.*xr0 export"):
+        export_release(tmp_path / "pg.ckpt", tmp_path / "rel3", template=release)
 
 
 def test_cli(release, tmp_path, capsys):

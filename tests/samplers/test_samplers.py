@@ -1,4 +1,4 @@
-"""τ samplers and the Δt_c prefix-length sampler (SPEC §1.4, §2 stage 3)."""
+"""τ samplers and the Δt_c prefix-length sampler (docs/method.md §1.4, §2.3)."""
 import math
 
 import pytest

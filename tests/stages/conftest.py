@@ -4,17 +4,17 @@ from pathlib import Path
 # pytest runs in importlib mode: make the shared test helpers (fakes.py) importable for this folder
 sys.path.insert(0, str(Path(__file__).parent))
 
-import types  # noqa: E402
-
 import pytest  # noqa: E402
 
 
 @pytest.fixture
 def fake_policy(monkeypatch):
-    """Stages 2/3 build `xr0.policy.Policy`; stage-logic tests swap in the contract-shaped FakePolicy."""
+    """Stages 2/3 build `xr0.policy.Policy`; stage-logic tests swap in the contract-shaped FakePolicy where the stage
+    modules name it."""
     from fakes import FakePolicy
 
-    mod = types.ModuleType("xr0.policy")
-    mod.Policy = FakePolicy
-    monkeypatch.setitem(sys.modules, "xr0.policy", mod)
+    from xr0.stages import dit_flow, post_train
+
+    monkeypatch.setattr(dit_flow, "Policy", FakePolicy)
+    monkeypatch.setattr(post_train, "Policy", FakePolicy)
     return FakePolicy

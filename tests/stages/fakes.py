@@ -1,4 +1,5 @@
-"""A contract-shaped stand-in backbone for stage tests while no real tiny VLM is needed (test-only)."""
+"""A stand-in backbone implementing the Backbone contract (xr0.backbones.protocol) without its optional capabilities,
+for stage tests that need no real tiny VLM (test-only)."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +11,8 @@ from xr0.types import VLMContext
 class TinyBackbone(nn.Module):
     """Character tokens + mean image colour → a few residual MLP layers with per-layer K/V."""
 
+    scales = {"tiny": {"kwargs": {}, "image_hw": (8, 8)}}
+
     def __init__(self, hidden=32, num_layers=2, num_kv_heads=2, head_dim=8, vocab=64, freeze=False):
         super().__init__()
         self.hidden_size, self.num_layers, self.num_kv_heads, self.head_dim = hidden, num_layers, num_kv_heads, head_dim
@@ -20,9 +23,36 @@ class TinyBackbone(nn.Module):
                                     for _ in range(num_layers))
         self.kv = nn.ModuleList(nn.Linear(hidden, 2 * num_kv_heads * head_dim) for _ in range(num_layers))
         self.lm_head = nn.Linear(hidden, vocab)
-        self.frozen = freeze
+        self.frozen = False
         if freeze:
-            self.requires_grad_(False)
+            self.freeze()
+
+    def freeze(self):
+        self.requires_grad_(False)
+        self.frozen = True
+        self.eval()
+
+    def train(self, mode=True):
+        return super().train(mode and not self.frozen)
+
+    def static_prefill(self):
+        return None  # declared: no fast path
+
+    def cost(self, *args):
+        return None  # declared: no analytic cost
+
+    def input_spec(self):
+        return {"factor": 1}
+
+    @staticmethod
+    def spec_factor(kwargs):
+        return 1
+
+    def encode_images(self, inputs):
+        return self.img(inputs["pixel"])
+
+    def fsdp_wrap_modules(self):
+        return set()
 
     def _ids(self, text):
         return [1 + ord(c) % (self.vocab - 1) for c in text][:12]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from xr0.checkpoint import CheckpointMismatch, init_from
-from xr0.stages.common import OptimConfig, configure_optimizers, freeze, lr_factor
+from xr0.stages.common import OptimConfig, configure_optimizers, lr_factor
 
 
 def test_lr_factor_warmup_then_cosine():
@@ -32,7 +32,7 @@ def test_optimizer_holds_only_trainable_params_and_backbone_lr():
     assert params == {id(p) for p in m.parameters()}
     lrs = {g["lr"] for g in opt.param_groups if any(p is m.backbone.weight for p in g["params"])}
     assert lrs == {1e-5}  # the VLM has its own LR (no warmup: factor 1 at step 0)
-    freeze(m.backbone)
+    m.backbone.requires_grad_(False)
     opt = configure_optimizers(m, OptimConfig(total_steps=10))["optimizer"]
     params = {id(p) for g in opt.param_groups for p in g["params"]}
     assert params == {id(m.head.weight), id(m.head.bias)}

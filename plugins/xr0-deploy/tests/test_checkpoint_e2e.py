@@ -93,3 +93,38 @@ def test_the_fast_path_serves_the_same_chunks(checkpoint):
 def test_fast_must_be_a_known_choice(checkpoint):
     with pytest.raises(ValueError, match="fast must be one of"):
         load_local(str(checkpoint[0]), fast="yes")
+
+
+def test_the_trained_prefix_maximum_travels_from_checkpoint_to_export_to_server_to_client(tmp_path):
+    """A stage-3 checkpoint stores the longest Δt_c its prefix sampler drew; its export, the local policy, the
+    server's metadata and the executor's client all declare it."""
+    import json
+
+    import torch
+    from xr0_deploy.client import RemotePolicy
+    from xr0_deploy.executor import declared_max_prefix
+
+    from xr0.export import export_checkpoint
+    from xr0.run import fit
+
+    out = fit("recipes/tiny/stage3.yaml", ["stage.init_from=null", "trainer.max_steps=1", "_variant=training_rtc",
+                                            "stage.prefix_sampler.max_len=2", f"run.out_dir={tmp_path / 'run'}"])
+    ckpt = out / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["xr0_max_prefix"] == 2
+    export = export_checkpoint(ckpt, tmp_path / "export")
+    assert json.loads((export / "xr0.json").read_text())["xr0_max_prefix"] == 2
+    policy = load_local(str(export))
+    assert policy.max_prefix == 2 and declared_max_prefix(policy) == 2
+    srv = PolicyServer(policy, policy.metadata(), port=0)
+    srv.start()
+    try:
+        remote = RemotePolicy(f"ws://127.0.0.1:{srv.port}")
+        remote.connect()
+        assert declared_max_prefix(remote) == 2
+        remote.close()
+    finally:
+        srv.stop()
+    # a sync-trained (or stage-2) checkpoint never saw a prefix
+    sync = fit("recipes/tiny/stage3.yaml", ["stage.init_from=null", "trainer.max_steps=1", "_variant=sync",
+                                             f"run.out_dir={tmp_path / 'sync'}"])
+    assert load_local(str(sync / "checkpoints" / "last.ckpt")).max_prefix == 0

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from xr0_deploy.executor import Executor, ExecutorConfig, LatencyWarning
+from xr0_deploy.executor import Executor, ExecutorConfig, LatencyWarning, PrefixRangeWarning
 from xr0_deploy.local import sim_policy
 from xr0_deploy.protocol import RTCSpec
 from xr0_deploy.safety import Safety
@@ -143,6 +143,40 @@ def test_latency_beyond_prefix_warns_and_adapt_grows_the_prefix():
     assert ex.prefix_steps == 3
     assert ex.events.counts["prefix_adapted"] == 1
     assert max(len(r.prefix) for r in ex.requests.values() if r.prefix is not None) == 3
+
+
+def test_adapt_prefix_never_grows_past_the_trained_maximum_and_says_so_once():
+    """Latency 9 ticks, T = 16, T_e = 4: adapt_prefix would send 9 committed actions; a policy trained with at most
+    6 gets 6, and one warning naming both numbers."""
+    def drive(max_prefix):
+        arm = SimArm(dof=7)
+        ex = Executor(ExecutorConfig(mode="async", exec_steps=4, prefix_steps=2, adapt_prefix=True, keep_chunks=True),
+                      Safety(arm.limits))
+        policy = sim_policy(chunk_len=16)
+        policy.max_prefix = max_prefix  # what load_local reads from the checkpoint
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            simulate(ex, policy, arm, 120, 9)
+        sent = max(len(r.prefix) for r in ex.requests.values() if r.prefix is not None)
+        return ex, sent, [w for w in seen if issubclass(w.category, PrefixRangeWarning)]
+
+    ex, sent, warned = drive(None)  # unknown training range: grows to the latency
+    assert (ex.prefix_steps, sent, warned) == (9, 9, [])
+    ex, sent, warned = drive(6)
+    assert ex.max_prefix == 6 and ex.prefix_steps == 6 and sent == 6
+    assert len(warned) == 1 and ex.events.counts["prefix_at_trained_max"] == 1  # once, though every chunk is late
+    msg = str(warned[0].message)
+    assert "Δt_inf=9" in msg and "trained with at most 6 committed actions" in msg and "stays at 6" in msg
+
+
+def test_a_hand_set_prefix_past_the_trained_maximum_is_warned_about_at_start():
+    arm = SimArm(dof=7)
+    ex = Executor(ExecutorConfig(mode="async", exec_steps=4, prefix_steps=5), Safety(arm.limits))
+    policy = sim_policy(chunk_len=T)
+    policy.max_prefix = 3
+    with pytest.warns(PrefixRangeWarning, match="Δt_c=5 is longer than the 3 committed actions"):
+        simulate(ex, policy, arm, 5, 1)
+    assert ex.events.counts["prefix_beyond_training"] == 1
 
 
 def test_quantile_estimator_ignores_one_slow_chunk():

@@ -14,7 +14,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def tiny_qwen3vl_config(overrides: dict[str, Any] | None = None):
-    """A ~1M-parameter Qwen3-VL for tests: byte vocab, 4 text layers, 2 vision blocks (FIELD-NOTES)."""
+    """A ~1M-parameter Qwen3-VL for tests: byte vocab, 4 text layers, 2 vision blocks; the image ids remapped into
+    the byte vocabulary."""
     from transformers import Qwen3VLConfig
 
     tok = ByteTokenizer()
@@ -41,7 +42,7 @@ def tiny_qwen3vl_config(overrides: dict[str, Any] | None = None):
 
 def qwen3vl_4b_config():
     """The published Qwen3-VL-4B-Instruct architecture (numbers from the config.json of
-    Qwen/Qwen3-VL-4B-Instruct on the Hugging Face hub, as recorded in shared/FIELD-NOTES.md); random init only."""
+    Qwen/Qwen3-VL-4B-Instruct on the Hugging Face hub); random init only."""
     from transformers import Qwen3VLConfig
 
     return Qwen3VLConfig(

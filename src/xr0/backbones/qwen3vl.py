@@ -1,4 +1,6 @@
-"""Backbone adapter over transformers' Qwen3VLForConditionalGeneration (SPEC §1.1).
+"""Backbone adapter over transformers' Qwen3VLForConditionalGeneration (docs/method.md §1.1); it implements
+xr0.backbones.protocol.Backbone, with both optional capabilities: a static prefill plan (xr0.backbones.qwen3vl_static)
+and an analytic cost.
 
 `prepare` turns images + instructions into model inputs (the tokenizer's chat template and our own torch
 patchify, so nothing depends on the torchvision-backed processors); `context` runs one forward with
@@ -20,17 +22,14 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
+from xr0.backbones.common import IGNORE, apply_lora, enable_checkpointing, option_problems
 from xr0.backbones.configs import tiny_qwen3vl_config
 from xr0.backbones.images import CLIP_MEAN, CLIP_STD, MAX_PIXELS, MIN_PIXELS, patchify, read_preprocessor
-from xr0.backbones.qwen3vl_static import encode_images, vision_tables
+from xr0.backbones.qwen3vl_static import Qwen3VLStatic, encode_images, vision_tables
 from xr0.backbones.tokenizer import PROMPTS, ByteTokenizer, HFTokenizer, release_prompt
 from xr0.registry import BACKBONES
 from xr0.types import VLMContext
 
-IGNORE = -100
-DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
-LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
-DTYPES = ("float32", "bfloat16", "float16")
 VISION_TABLES = 16  # image layouts whose vision tables are kept (least recently used dropped)
 
 
@@ -70,6 +69,10 @@ def _architecture(config: str | dict):
 @BACKBONES.register("qwen3vl")
 class Qwen3VLBackbone(nn.Module):
     """Qwen3-VL from a local directory (`pretrained`) or a tiny random config; KV cache for the DiT."""
+
+    # `xr0 bench --scale`: the tiny random model (CPU, CI) and the published 4B architecture (random weights)
+    scales = {"tiny": {"kwargs": {"tiny": {}}, "image_hw": (56, 56)},
+              "paper": {"kwargs": {"config": "qwen3vl_4b"}, "image_hw": (256, 320)}}
 
     def __init__(self, pretrained: str | None = None, tiny: dict[str, Any] | None = None, freeze: bool = False,
                  gradient_checkpointing: bool = False, lora: dict[str, Any] | None = None,
@@ -137,47 +140,24 @@ class Qwen3VLBackbone(nn.Module):
         self.resample = pre.get("resample", "bicubic")
         self.max_text_tokens = max_text_tokens
         self._vision_tables: OrderedDict[tuple, tuple[Tensor, ...]] = OrderedDict()  # LRU, VISION_TABLES entries
-        self.frozen = freeze
-        if gradient_checkpointing:
-            enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
-            if enable is not None:
-                enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            for layer in self.model.model.language_model.layers:
-                layer._can_checkpoint_with_cache = True  # safe with _PrefillCache (overwrites on recompute)
+        self.frozen = False
+        if gradient_checkpointing:  # safe with _PrefillCache (overwrites on recompute)
+            enable_checkpointing(self.model, self.model.model.language_model.layers)
         if lora:
-            from peft import LoraConfig, get_peft_model
-
-            self.model = get_peft_model(self.model, LoraConfig(
-                r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.0),
-                target_modules=lora.get("target_modules", DEFAULT_LORA_TARGETS)))
+            self.model = apply_lora(self.model, lora)
         if freeze:
-            for p in self.model.parameters():
-                p.requires_grad_(False)
-            self.model.eval()
+            self.freeze()
 
     @staticmethod
     def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
         """Recipe checks that need no model or files: LoRA keys, tiny-config keys, freeze vs LoRA (weights folders
         are checked when built: recipes are validated on machines without them)."""
-        problems = []
-        lora = kwargs.get("lora")
-        if lora:
-            bad = sorted(set(lora) - LORA_KEYS)
-            if bad:
-                problems.append(f"backbone.lora: unknown keys {bad}; valid: {sorted(LORA_KEYS)}")
-            if kwargs.get("freeze"):
-                problems.append("backbone: freeze: true also freezes the LoRA adapters, so nothing in the VLM would "
-                                "train; LoRA already keeps the base weights fixed: drop one of freeze / lora")
+        problems = option_problems(kwargs)
         if kwargs.get("prompt", "chat") not in PROMPTS:
             problems.append(f"backbone.prompt={kwargs['prompt']!r}: use one of {list(PROMPTS)}")
         if kwargs.get("prompt") == "release" and not kwargs.get("view_labels"):
             problems.append("backbone.prompt: release needs backbone.view_labels, one label per camera (e.g. "
                             "['Base View', 'Left-Wrist View'])")
-        if kwargs.get("dtype") not in (None, *DTYPES):
-            problems.append(f"backbone.dtype={kwargs['dtype']!r}: use one of {list(DTYPES)} (or null for the "
-                            f"checkpoint's own dtype)")
         tiny = kwargs.get("tiny")
         if tiny:
             try:
@@ -211,8 +191,31 @@ class Qwen3VLBackbone(nn.Module):
         """The underlying transformers model (unwrapped from peft)."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def train(self, mode: bool = True) -> "Qwen3VLBackbone":
+    def freeze(self) -> None:
+        """No gradients, eval mode; the forward then runs under no_grad and `train()` keeps it in eval."""
+        self.requires_grad_(False)
+        self.frozen = True
+        self.eval()
+
+    def train(self, mode: bool = True) -> Qwen3VLBackbone:
         return super().train(mode and not self.frozen)  # a frozen VLM stays in eval
+
+    def static_prefill(self) -> Qwen3VLStatic:
+        """Declared capability: the planned, sync-free prefill FastPolicy chains (xr0.backbones.qwen3vl_static)."""
+        return Qwen3VLStatic(self)
+
+    def cost(self, n_images: int, h: int, w: int, vlm_tokens: int, batch: int, dtype_bytes: int,
+             kv_layers: int) -> dict[str, Any]:
+        """Declared capability: analytic FLOPs and bytes of the vision tower and the prefill (xr0.flops)."""
+        from xr0 import flops
+
+        cfg = self.hf.config
+        return {"vision": vision_cost(cfg.vision_config, n_images, h, w, dtype_bytes),
+                "prefill": flops.prefill_cost(cfg.text_config, vlm_tokens, batch, dtype_bytes, kv_layers)}
+
+    def encode_images(self, inputs: dict[str, Any]) -> Any:
+        """HF's own vision tower + mergers on prepared inputs (per image, with its host syncs)."""
+        return self.hf.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
 
     # ------------------------------------------------------------------ inputs
     def _prompt_ids(self, n_views: int, tokens_per_view: int, text: str, answer: str | None) -> tuple[list[int], int]:
@@ -367,8 +370,33 @@ class Qwen3VLBackbone(nn.Module):
         return loss, logits, labels
 
     def fsdp_wrap_modules(self) -> set[type]:
-        lm = self.hf.model.language_model
-        return {type(lm.layers[0]), type(self.hf.model.visual.blocks[0])}
+        """The decoder layers. Not the vision blocks: the batched vision path (`qwen3vl_static.encode_images`) calls
+        their norm/attention/MLP directly, so a unit of their own would never be gathered."""
+        return {type(self.hf.model.language_model.layers[0])}
+
+
+def vision_cost(vision_config: Any, n_images: int, h: int, w: int, dtype_bytes: int):
+    """Qwen3-VL vision tower forward on n_images of h×w (attention is per image), counted as xr0.flops counts."""
+    from xr0.flops import Cost, matmul
+
+    c = vision_config
+    d, i, p, tp = c.hidden_size, c.intermediate_size, c.patch_size, c.temporal_patch_size
+    merge2 = c.spatial_merge_size ** 2
+    patch_in = c.in_channels * tp * p * p  # an image is repeated over the temporal patch
+    n = (h // p) * (w // p)  # patches per image
+    tokens = n_images * n
+    merged = tokens // merge2
+    md = d * merge2
+    block = (matmul(tokens, d, 3 * d) + matmul(tokens, d, d) + 2 * matmul(tokens, d, i)
+             + n_images * 2 * matmul(n, n, d))
+    merger = matmul(merged, md, md) + matmul(merged, md, c.out_hidden_size)
+    mergers = 1 + len(c.deepstack_visual_indexes)
+    flops = matmul(tokens, patch_in, d) + c.depth * block + mergers * merger
+    block_params = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * i + i) + (i * d + d)
+    merger_params = (md * md + md) + (md * c.out_hidden_size + c.out_hidden_size)
+    params = (patch_in * d + d + c.num_position_embeddings * d + c.depth * block_params
+              + mergers * merger_params + 2 * d + len(c.deepstack_visual_indexes) * 2 * md)
+    return Cost(flops, (params + tokens * patch_in) * dtype_bytes)
 
 
 def lora_param_names(module: nn.Module) -> list[str]:

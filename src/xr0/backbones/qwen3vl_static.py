@@ -4,6 +4,7 @@ HF's forward recomputes on every call what depends only on the prompt and the im
 the padding mask, the vision RoPE, the position-embedding taps) and splits vision attention per image with a
 `.tolist()` host sync. `plan_prompt` computes those once; `static_context` is then pure tensor work over HF's own
 modules (patch embed, vision blocks' weights, mergers, decoder layers), so a CUDA graph can capture it.
+`Qwen3VLStatic` is this as the static prefill Qwen3VLBackbone declares (xr0.backbones.protocol.StaticPrefill).
 tests/backbones/test_qwen3vl_static.py holds it equal to `Qwen3VLBackbone.context`.
 """
 from __future__ import annotations
@@ -158,6 +159,30 @@ def prefill(backbone, plan: PromptPlan, image_embeds: Tensor, deepstack: list[Te
         if i < len(deepstack):  # deepstack: early layers add the vision features at the image tokens
             hidden = hidden.reshape(b * s, d).index_add(0, plan.image_index, deepstack[i].to(hidden.dtype)).view(b, s, d)
     return cache.keys, cache.values
+
+
+class Qwen3VLStatic:
+    """Qwen3VLBackbone's declared static prefill: the plan and the three sync-free parts FastPolicy chains."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+
+    def plan(self, texts: list[str], views: int, h: int, w: int) -> PromptPlan:
+        return plan_prompt(self.backbone, texts, views, h, w)
+
+    def tokens(self, plan: PromptPlan) -> int:
+        return int(plan.input_ids.shape[1])
+
+    def vision(self, plan: PromptPlan, images: Tensor, image_mask: Tensor | None) -> list[Tensor]:
+        """[merged image embeddings, deepstack features …]."""
+        embeds, deepstack = vision(self.backbone, plan, images, image_mask)
+        return [embeds, *deepstack]
+
+    def prefill(self, plan: PromptPlan, seen: list[Tensor], num_layers: int) -> tuple[list[Tensor], list[Tensor]]:
+        return prefill(self.backbone, plan, seen[0], list(seen[1:]), num_layers)
+
+    def context(self, plan: PromptPlan, keys: list[Tensor], values: list[Tensor]) -> VLMContext:
+        return make_context(self.backbone, plan, keys, values)
 
 
 def make_context(backbone, plan: PromptPlan, keys: list[Tensor], values: list[Tensor]) -> VLMContext:

@@ -37,12 +37,13 @@ def release_prompt(view_labels: list[str], text: str) -> str:
 
 
 class ByteTokenizer:
-    """UTF-8 bytes are ids 0..255; special tokens follow. Its chat template is `qwen_vl_chat`."""
+    """UTF-8 bytes are ids 0..255; special tokens follow (`specials`: a backbone family's own, Qwen-VL's by
+    default). Its chat template is `qwen_vl_chat`."""
 
-    def __init__(self):
-        self.ids = {tok: 256 + i for i, tok in enumerate(SPECIALS)}
-        self.vocab_size = 256 + len(SPECIALS)
-        self._split = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
+    def __init__(self, specials: list[str] | tuple[str, ...] = tuple(SPECIALS)):
+        self.ids = {tok: 256 + i for i, tok in enumerate(specials)}
+        self.vocab_size = 256 + len(specials)
+        self._split = re.compile("(" + "|".join(re.escape(s) for s in specials) + ")")
 
     def encode(self, text: str) -> list[int]:
         out: list[int] = []

@@ -1,8 +1,10 @@
-"""`xr0 bench infer|train --scale tiny|paper`: policy latency and training throughput.
+"""`xr0 bench infer|train --scale tiny|paper [--backbone NAME]`: policy latency and training throughput.
 
-Paper scale = the published Qwen3-VL-4B-Instruct architecture (random init) + the 16-layer, width-1024 DiT,
-3 views at 320×256 (the released image policy: a multiple of 32, at most 90,000 pixels), ~30 instruction
-tokens, T=30, 32-dim actions, 5 Euler steps, batch 1, bf16. Tiny scale runs on a CPU so CI covers the path.
+The DiT and the views at each scale are here; the VLM's sizes and image size are the backbone's own declared
+`scales` (xr0.backbones.protocol), and the DiT's head_dim follows the VLM's. Paper scale with the default backbone =
+the published Qwen3-VL-4B-Instruct architecture (random init) + the 16-layer, width-1024 DiT, 3 views at 320×256
+(the released image policy: a multiple of 32, at most 90,000 pixels), ~30 instruction tokens, T=30, 32-dim actions,
+5 Euler steps, batch 1, bf16. Tiny scale runs on a CPU so CI covers the path.
 """
 from __future__ import annotations
 
@@ -18,23 +20,43 @@ import torch
 # 30 characters = 30 tokens of the byte tokenizer a config-only (random) VLM uses: the ~30-token instruction
 INSTRUCTION = "stack the red cube on the bowl"
 SCALES = {
-    "tiny": {"backbone": {"name": "qwen3vl", "tiny": {}}, "views": 2, "hw": (56, 56), "chunk": 10,
-             "head": {"width": 64, "depth": 2, "num_heads": 2, "head_dim": 32}},
-    "paper": {"backbone": {"name": "qwen3vl", "config": "qwen3vl_4b"}, "views": 3, "hw": (256, 320), "chunk": 30,
-              "head": {"width": 1024, "depth": 16, "num_heads": 8, "head_dim": 128}},
+    "tiny": {"views": 2, "chunk": 10, "head": {"width": 64, "depth": 2, "num_heads": 2}},
+    "paper": {"views": 3, "chunk": 30, "head": {"width": 1024, "depth": 16, "num_heads": 8}},
 }
+DEFAULT_BACKBONE = "qwen3vl"
 
 
-def build_policy(scale: str, device: str, dtype: torch.dtype):
+def scale_of(scale: str, backbone: str = DEFAULT_BACKBONE) -> dict[str, Any]:
+    """The bench setting: SCALES[scale] plus the backbone's declared sizes at that scale (`backbone`: builder
+    kwargs with its name, `hw`: the image size)."""
+    from xr0.registry import BACKBONES
+
+    declared = BACKBONES.get(backbone).scales
+    if scale not in declared:
+        raise ValueError(f"backbone '{backbone}' declares no '{scale}' scale (its scales: {', '.join(declared)})")
+    return {**SCALES[scale], "backbone": {"name": backbone, **declared[scale]["kwargs"]},
+            "hw": tuple(declared[scale]["image_hw"])}
+
+
+def head_dims(s: dict[str, Any], backbone: Any) -> dict[str, Any]:
+    """The scale's DiT sizes fitted to the VLM: head_dim equal to its K/V's, query heads a multiple of its K/V heads."""
+    kv = backbone.num_kv_heads
+    heads = max(kv, s["head"]["num_heads"] // kv * kv)
+    return {**s["head"], "num_heads": heads, "head_dim": backbone.head_dim, "depth": min(s["head"]["depth"],
+                                                                                     backbone.num_layers)}
+
+
+def build_policy(scale: str, device: str, dtype: torch.dtype, backbone: str = DEFAULT_BACKBONE):
     from xr0.policy import Policy
     from xr0.registry import BACKBONES, HEADS, MASKS, SAMPLERS
 
-    s = SCALES[scale]
+    s = scale_of(scale, backbone)
     bb = dict(s["backbone"])
     with torch.device(device):  # a paper-scale model initialises on the GPU, not for minutes on the CPU
-        backbone = BACKBONES.build(bb.pop("name"), **bb)
+        vlm = BACKBONES.build(bb.pop("name"), **bb)
+        s["head"] = head_dims(s, vlm)
         head = HEADS.build("dit", chunk=s["chunk"], **s["head"])
-    policy = Policy(backbone, head, MASKS.build("causal"), SAMPLERS.build("beta")).to(device=device, dtype=dtype).eval()
+    policy = Policy(vlm, head, MASKS.build("causal"), SAMPLERS.build("beta")).to(device=device, dtype=dtype).eval()
     return policy, s
 
 

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from xr0 import config, flops
-from xr0.bench import SCALES, device_name, make_batch, summary
+from xr0.bench import DEFAULT_BACKBONE, device_name, head_dims, make_batch, scale_of, summary
 
 RECIPES = {"dit_flow": "tiny/stage2.yaml", "post_train": "tiny/stage3.yaml"}
 MAX_AUTO_BATCH = 1024
@@ -30,13 +30,16 @@ def _recipe(stage: str) -> dict[str, Any]:
     return config.resolve(config.load_recipe(config.RECIPES_DIR / RECIPES[stage]))
 
 
-def build_stage(scale: str, stage: str, activation_checkpointing: bool = False, device: str = "cpu"):
+def build_stage(scale: str, stage: str, activation_checkpointing: bool = False, device: str = "cpu",
+                backbone: str = DEFAULT_BACKBONE):
     """The stage LightningModule of the tiny recipe with the bench scale's backbone and head; (module, scale)."""
-    s = SCALES[scale]
+    s = scale_of(scale, backbone)
     tree = _recipe(stage)
     st = tree["stage"]
     # fp32 master weights: bf16-mixed autocasts the matmuls, AdamW keeps fp32 state
     st["backbone"] = {**s["backbone"], "dtype": None, "gradient_checkpointing": activation_checkpointing}
+    with torch.device("meta"):  # the VLM's sizes, for the DiT's head_dim, without allocating it
+        s["head"] = head_dims(s, config.build(st["backbone"], "backbone"))
     st["head"] = {**st["head"], **s["head"], "chunk": s["chunk"]}
     tree["data"] = {**tree["data"], "chunk": s["chunk"]}  # one chunk length (validate checks they agree)
     st.update(init_from=None, plot_every_n_steps=0)
@@ -154,7 +157,8 @@ def largest_batch(module: L.LightningModule, s: dict[str, Any], device: str, cli
 
 
 def bench_train(scale: str = "tiny", device: str = "cpu", stage: str = "post_train", batch: int | str = 2,
-                iters: int = 10, warmup: int = 3, activation_checkpointing: bool = False) -> dict[str, Any]:
+                iters: int = 10, warmup: int = 3, activation_checkpointing: bool = False,
+                backbone: str = DEFAULT_BACKBONE) -> dict[str, Any]:
     """Step time, samples/s and MFU of one stage's optimizer step; batch="auto" (CUDA only) takes the largest
     batch that fits."""
     cuda = device.startswith("cuda")
@@ -162,7 +166,7 @@ def bench_train(scale: str = "tiny", device: str = "cpu", stage: str = "post_tra
         raise ValueError("--batch auto searches for the largest batch before CUDA runs out of memory; on a CPU "
                          "give a number")
     torch.manual_seed(0)
-    module, s = build_stage(scale, stage, activation_checkpointing, device)
+    module, s = build_stage(scale, stage, activation_checkpointing, device, backbone)
     clip = (_recipe(stage).get("trainer") or {}).get("gradient_clip_val")  # training clips, so the bench does too
     if batch == "auto":
         batch = largest_batch(module, s, device, clip)
@@ -170,7 +174,7 @@ def bench_train(scale: str = "tiny", device: str = "cpu", stage: str = "post_tra
     data = synthetic_batch(s, batch, device)
     step_ms, fused = fit_steps(module, data, warmup + iters, warmup, device, clip)
     policy = module.policy
-    reweight = bool(getattr(module, "reweight", False))
+    reweight = getattr(module, "reweight", "off") not in ("off", False, None)
     with torch.no_grad():
         vlm_tokens = policy.backbone.prepare(data["images"], data["image_mask"], data["instruction"])["input_ids"]
     h, w = s["hw"]
@@ -186,7 +190,7 @@ def bench_train(scale: str = "tiny", device: str = "cpu", stage: str = "post_tra
         note = "the DiT has no checkpointing switch: only the VLM is checkpointed"
         if stage == "dit_flow":
             note += "; the frozen VLM runs under no_grad, so nothing is recomputed"
-    return {"kind": "train", "scale": scale, "stage": stage, "device": name, "batch": batch,
+    return {"kind": "train", "scale": scale, "backbone": backbone, "stage": stage, "device": name, "batch": batch,
             "precision": "bf16-mixed" if cuda else "32-true", "fused_adamw": fused, "gradient_clip_val": clip,
             "step_ms": ms,
             "samples_per_s": batch / (ms["p50_ms"] / 1e3), "model_flops_per_step": model_flops,

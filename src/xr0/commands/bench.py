@@ -16,6 +16,8 @@ class Bench:
         for name in ("infer", "train"):
             q = sub.add_parser(name)
             q.add_argument("--scale", choices=("tiny", "paper"), default="tiny")
+            q.add_argument("--backbone", default="qwen3vl",
+                           help="a registered backbone (xr0 ls backbones) at its declared sizes for the scale")
             q.add_argument("--device", default="cuda" if _cuda() else "cpu")
             q.add_argument("--iters", type=int, default=100 if name == "infer" else 10)
             q.add_argument("--warmup", type=int, default=10 if name == "infer" else 3)
@@ -41,13 +43,14 @@ class Bench:
 
         if args.what == "infer":
             res = bench_infer(args.scale, args.device, args.iters, args.warmup, args.steps, eager=not args.no_eager,
-                              compile=args.compile, peak=tuple(args.peak) if args.peak else None)
+                              compile=args.compile, peak=tuple(args.peak) if args.peak else None,
+                              backbone=args.backbone)
             print(line(res))
         else:
             res = bench_train(args.scale, args.device, args.stage, args.batch, args.iters, args.warmup,
-                              args.activation_checkpointing)
+                              args.activation_checkpointing, args.backbone)
             mfu = "n/a (no peak known)" if res["mfu"] is None else f"{100 * res['mfu']:.1f}%"
-            print(f"[xr0 bench train] {res['scale']} {res['stage']} on {res['device']}: batch {res['batch']}, "
+            print(f"[xr0 bench train] {res['scale']} {res['backbone']} {res['stage']} on {res['device']}: batch {res['batch']}, "
                   f"{res['precision']}, step p50 {res['step_ms']['p50_ms']:.1f} ms, {res['samples_per_s']:.1f} "
                   f"samples/s, {res['achieved_tflops']:.2f} TFLOP/s model, MFU {mfu}")
         print(bench.write(res, args.out))

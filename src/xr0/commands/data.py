@@ -1,4 +1,4 @@
-"""`xr0 data write|stats|inspect|from-lerobot`: get datasets into shards + cards, and check them."""
+"""`xr0 data write|write-vl|stats|inspect|from-lerobot`: get datasets into shards + cards, and check them."""
 from __future__ import annotations
 
 import json
@@ -35,6 +35,53 @@ def _write(args) -> int:
                           chunk=args.chunk, maxcount=args.maxcount, license=args.license, source=args.source,
                           image_format=args.image_format)
     print(f"wrote {card}")
+    return 0
+
+
+def _load_vl_records(path: str, images: str | None):
+    """Vision-language samples from a LLaVA-style JSON list (or JSONL): each record names its image file(s) under
+    `image` (a path, or a list) relative to `images`, and holds `conversations` [{from: human|gpt, value}] (LLaVA's
+    "<image>" placeholders are dropped: xr0's backbone places the images itself) or `prompt` and `answer`."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    root = Path(images) if images else Path(path).parent
+    files = []
+    for i, r in enumerate(records):  # every record checked before anything is written
+        ref = r.get("image", r.get("images"))
+        if not ref:
+            raise ValueError(f"{path} record {i}: no 'image' (a file under {root}, or a list of them)")
+        files.append([root / f for f in (ref if isinstance(ref, list) else [ref])])
+        missing = [str(f) for f in files[-1] if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} record {i}: image {missing[0]} not found (pass --images DIR, the folder "
+                                    f"the paths are relative to)")
+        if "conversations" not in r and (r.get("prompt") is None or r.get("answer") is None):
+            raise ValueError(f"{path} record {i}: needs conversations, or prompt and answer")
+    return _vl_samples(records, files)
+
+
+def _vl_samples(records: list, files: list):
+    import numpy as np
+    from PIL import Image
+
+    for r, paths in zip(records, files):
+        frames = [np.asarray(Image.open(f).convert("RGB")) for f in paths]
+        sample: dict = {"image": frames if len(frames) > 1 else frames[0]}
+        if "conversations" in r:
+            sample["conversations"] = [{**t, "value": t["value"].replace("<image>", "").strip()} for t in r["conversations"]]
+        else:
+            sample.update(prompt=r["prompt"], answer=r["answer"])
+        yield sample
+
+
+def _write_vl(args) -> int:
+    from xr0.data import write_vl_samples
+
+    card = write_vl_samples(_load_vl_records(args.file, args.images), args.out, args.name, maxcount=args.maxcount,
+                            license=args.license, source=args.source or f"xr0 data write-vl {args.file}")
+    print(f"wrote {card} (kind: vl); mix it into stage 1 with data.cards: [..., {card}] and data.vl_ratio: \"1:6\"")
     return 0
 
 
@@ -102,6 +149,17 @@ class Data:
         w.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
                        help="jpg (small) or png (lossless: training sees exactly the recorded frames)")
         w.set_defaults(_verb=_write)
+        v = sub.add_parser("write-vl", help="vision-language samples (LLaVA-style JSON or JSONL: image + conversations, "
+                                            "or prompt/answer) → shards + a `kind: vl` card for stage 1")
+        v.add_argument("file", help="JSON list or JSONL of records")
+        v.add_argument("--images", default=None, help="folder the records' image paths are relative to "
+                                                      "(default: the file's folder)")
+        v.add_argument("--name", required=True)
+        v.add_argument("--out", required=True, help="output folder (shards, <name>.yaml)")
+        v.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
+        v.add_argument("--license", default="unknown")
+        v.add_argument("--source", default="")
+        v.set_defaults(_verb=_write_vl)
         s = sub.add_parser("stats", help="recompute a card's statistics (streaming, per-timestep mean/std, q01/q99)")
         s.add_argument("card")
         s.add_argument("--reservoir", type=int, default=4096, help="samples kept per timestep for the quantiles")

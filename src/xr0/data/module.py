@@ -2,13 +2,16 @@
 
     data: {name: webdataset, card: libero_v1, batch_size: 32, chunk: 10}
     data: {name: webdataset, cards: [droid_v1, bridge_v1, vqa_v1], weights: [3, 3, 1], batch_size: 64}
+    data: {name: webdataset, cards: [droid_v1, bridge_v1, vqa_v1], vl_ratio: "1:6", batch_size: 64}
 
 One card on one rank: a finite epoch over its shards (each worker reads different shards). Several cards, or
 several ranks: each source repeats forever on this rank's and worker's shards (RandomMix draws samples by
 weight) and an epoch is `samples_per_epoch` samples (default: the cards' num_samples summed) split evenly,
 so every rank yields the same number of batches — uneven shards would otherwise leave one DDP rank waiting
 in an all-reduce for a batch that never comes. With a `kind: vl` card in the mix, batches come as
-{'robot': ..., 'vl': ...} (stage 1). Counters of skipped samples and of samples per kind and source are in
+{'robot': ..., 'vl': ...} (stage 1). `vl_ratio` ("1:6", the paper's co-training ratio) fixes the VL:robot ratio by
+construction (xr0.data.mix): robot cards mix among themselves by their weights, VL cards among theirs, and the two
+kinds interleave deterministically at that ratio. Counters of skipped samples and of samples per kind and source are in
 `.counters` (updated as batches reach the main process); `.metrics()` gives them as `data/...` scalars, which
 the module also writes to the trainer's loggers every `log_every_n_steps`.
 """
@@ -22,6 +25,7 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from xr0.data.cards import CardError, DataCard, load_card, shard_list
+from xr0.data.mix import interleave, parse_vl_ratio
 from xr0.data.reader import Batcher, Counts, DataError, RobotTransform, VLTransform, card_stream, finish_images
 from xr0.data.stats import for_checkpoint, load_stats
 from xr0.registry import DATASETS
@@ -63,7 +67,6 @@ class _Stream(IterableDataset):
 
     def __iter__(self):
         import torch
-        import webdataset as wds
 
         dm = self.dm
         counts = Counts()
@@ -81,10 +84,25 @@ class _Stream(IterableDataset):
             mixed, max_batches = _once(streams[0], dm.cards[0], counts), None
         else:
             forever = [_forever(s, c, counts) for s, c in zip(streams, dm.cards)]
-            mixed = iter(wds.RandomMix(forever, dm.weights)) if len(forever) > 1 else forever[0]
+            if dm.vl_ratio is not None and dm.with_vl:  # each kind by its weights, the kinds at the fixed ratio
+                kinds = {k: [(s, w) for s, w, c in zip(forever, dm.weights, dm.cards) if c.kind == k]
+                         for k in ("robot", "vl")}
+                robot, vl = (_mix(kinds[k]) for k in ("robot", "vl"))
+                mixed = interleave(robot, vl, dm.vl_ratio)
+            else:
+                mixed = _mix(list(zip(forever, dm.weights)))
             workers = max(1, info.num_workers if info else 1)
             max_batches = max(1, math.ceil(self.samples_per_epoch / dm.batch_size / world / workers))
         yield from Batcher(dm.batch_size, dm.with_vl, counts, max_batches)(mixed)
+
+
+def _mix(sources: list[tuple[Any, float]]):
+    """Samples drawn from the sources by weight (one source: itself)."""
+    import webdataset as wds
+
+    if len(sources) == 1:
+        return sources[0][0]
+    return iter(wds.RandomMix([s for s, _ in sources], [w for _, w in sources]))
 
 
 def stats_problems(card: DataCard) -> list[str]:
@@ -112,15 +130,17 @@ class WebDatasetData(L.LightningDataModule):
                  image_size: int | list[int] | None = 224, image_resize: str = "letterbox",
                  image_resample: str | None = None, state_norm: str = "meanstd", views: int | None = None,
                  chunk: int | None = None, seed: int = 0, samples_per_epoch: int | None = None,
-                 embodiment: str | None = None):
+                 embodiment: str | None = None, vl_ratio: float | str | None = None):
         """image_size: every camera's (H, W) for the model (an int: square), or null: each frame's own smart resize
         (the released Qwen-VL preprocessing); image_resize: letterbox (aspect kept) | stretch; image_resample:
-        bilinear | bicubic | nearest, null: the backbone's; state_norm: meanstd | none (raw state, as the release)."""
+        bilinear | bicubic | nearest, null: the backbone's; state_norm: meanstd | none (raw state, as the release);
+        vl_ratio: VL:robot samples, "1:6" (the paper) or VL per robot sample, held by construction (xr0.data.mix);
+        null: every card drawn by its weight."""
         super().__init__()
         problems = WebDatasetData.__xr0_validate__({"card": card, "cards": cards, "weights": weights,
                                                          "chunk": chunk, "embodiment": embodiment,
                                                          "image_resize": image_resize, "image_resample": image_resample,
-                                                         "state_norm": state_norm})
+                                                         "state_norm": state_norm, "vl_ratio": vl_ratio})
         if problems:
             raise CardError("data (webdataset):\n  - " + "\n  - ".join(problems))
         refs = [card] if card is not None else list(cards)
@@ -128,6 +148,7 @@ class WebDatasetData(L.LightningDataModule):
         self.weights = [float(w) for w in (weights or [1.0] * len(self.cards))]
         robot = [c for c in self.cards if c.kind == "robot"]
         self.with_vl = any(c.kind == "vl" for c in self.cards)
+        self.vl_ratio = parse_vl_ratio(vl_ratio)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_buffer, self.shard_shuffle, self.seed = shuffle_buffer, shard_shuffle, seed
         self.image_size, self.image_resize, self.image_resample = image_size, image_resize, image_resample
@@ -213,6 +234,15 @@ class WebDatasetData(L.LightningDataModule):
         robot = [c for c in loaded if c.kind == "robot"]
         if loaded and not robot:
             problems.append("cards: a mixture needs at least one robot card (kind: robot)")
+        try:
+            ratio = parse_vl_ratio(kwargs.get("vl_ratio"))
+        except ValueError as exc:
+            problems.append(str(exc))
+            ratio = None
+        if ratio and loaded and not any(c.kind == "vl" for c in loaded):
+            problems.append(f"vl_ratio: {kwargs['vl_ratio']!r} asks for vision-language samples but no card in the "
+                            f"mixture is `kind: vl`; add one to cards: (e.g. the <name>_vl card `xr0 sim collect` "
+                            f"writes, or one from `xr0 data write-vl`)")
         chunk, emb = kwargs.get("chunk"), kwargs.get("embodiment")
         for c in robot:
             problems += [f"card '{c.name}' stats: {p}" for p in stats_problems(c)]

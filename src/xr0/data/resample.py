@@ -1,4 +1,4 @@
-"""30 Hz alignment (SPEC §3): every stream is resampled onto one uniform timeline by nearest timestamp."""
+"""30 Hz alignment (docs/method.md §3): every stream is resampled onto one uniform timeline by nearest timestamp."""
 from __future__ import annotations
 
 import numpy as np

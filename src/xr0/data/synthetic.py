@@ -3,10 +3,12 @@
 Robot samples: the action chunk is a fixed smooth function of the state and the instruction, so an overfit
 test sees the loss fall. With `embodiment:` the action/state dims sit at that robot's canonical slots and
 chunk/views default to its chunk length and camera count.
-Which kind a batch is: a flat dict (robot only, the contract in xr0/types.py) when vl_ratio == 0, else
-{'robot': {...}, 'vl': {...}} — the same shapes the `webdataset` builder gives for a robot + VL mixture;
-the VL sub-batch also carries `kind: ['vl', ...]`; round(batch_size * vl_ratio) VL samples per batch, whose
-answers are read off the image's sample (the sign of the first state dim), so they are learnable too.
+Which kind a batch is: a flat dict (robot only, the contract in xr0/types.py) when vl_ratio is 0, else
+{'robot': {...}, 'vl': {...} or None} — the same shapes the `webdataset` builder gives for a robot + VL mixture;
+the VL sub-batch also carries `kind: ['vl', ...]`. vl_ratio is VL:robot ("1:6", or VL samples per robot sample):
+each batch of batch_size robot samples gets the VL samples that keep the running total at that ratio
+(xr0.data.mix.vl_count: with batch 2 at 1:6, one VL sample every third batch). Their answers are read off the
+image's sample (the sign of the first state dim), so they are learnable too.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from xr0.registry import DATASETS
 from xr0.types import ACTION_DIM
@@ -65,9 +67,13 @@ class SyntheticData(L.LightningDataModule):
     """Generated robot (+ optional vision-language) batches with a learnable action function; no files."""
 
     def __init__(self, batch_size: int = 8, num_samples: int = 64, chunk: int | None = None, views: int | None = None,
-                 image_size: int = 56, action_dims: int | None = None, vl_ratio: float = 0.0, seed: int = 0,
-                 embodiment: str | None = None):
+                 image_size: int = 56, action_dims: int | None = None, vl_ratio: float | str = 0.0, seed: int = 0,
+                 embodiment: str | None = None, holdout: int = 0):
+        """holdout: the last `holdout` of the `num_samples` samples are never trained on (`heldout_batch()`): the
+        same action function on unseen states, for held-out evaluation."""
         super().__init__()
+        if not 0 <= holdout < num_samples:
+            raise ValueError(f"data.holdout must be in 0..{num_samples - 1} (data.num_samples - 1), got {holdout}")
         emb = None
         if embodiment is not None:  # the embodiment's dims, slots, cameras and chunk, unless given here
             from xr0 import embodiments
@@ -81,7 +87,10 @@ class SyntheticData(L.LightningDataModule):
             raise ValueError(f"data.action_dims must be in 1..{ACTION_DIM}, got {dims}")
         slots = list(emb.slots("action")) if emb else list(range(dims))
         state_slots = list(emb.slots("state")) if emb and emb.state_dim else slots
-        self.batch_size, self.vl_ratio = batch_size, vl_ratio
+        from xr0.data.mix import parse_vl_ratio
+
+        self.batch_size, self.vl_ratio, self.holdout = batch_size, parse_vl_ratio(vl_ratio), holdout
+        self._batches = 0  # robot batches collated so far (the VL schedule's position)
         self.embodiment = emb.name if emb else "synthetic"
         self.robot = _Robot(num_samples, chunk or (emb.chunk if emb else 10), views or (len(emb.cameras) if emb else 1),
                             image_size, slots, state_slots, seed, self.embodiment)
@@ -116,15 +125,26 @@ class SyntheticData(L.LightningDataModule):
         return Processor.from_stats(self.emb, self.stats, t, image, cameras=cams, backbone=spec)
 
     def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        from xr0.data.mix import vl_count
+
         robot = _collate(samples)
-        if self.vl_ratio <= 0:
+        if not self.vl_ratio:
             return robot
-        n = max(1, round(len(samples) * self.vl_ratio))
+        n = min(vl_count(self._batches, self.batch_size, self.vl_ratio), len(samples))
+        self._batches += 1
+        if n == 0:
+            return {"robot": robot, "vl": None}
         vl = {"images": robot["images"][:n], "image_mask": robot["image_mask"][:n],
               "prompt": ["Is the first joint reading positive?"] * n,
               "answer": ["yes" if float(s) > 0 else "no" for s in robot["state"][:n, 0]], "kind": ["vl"] * n}
         return {"robot": robot, "vl": vl}
 
+    def heldout_batch(self) -> dict[str, Any]:
+        """The held-out samples as one robot batch (empty unless `holdout` > 0)."""
+        n = len(self.robot)
+        return _collate([self.robot[i] for i in range(n - self.holdout, n)])
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.robot, batch_size=self.batch_size, shuffle=True, collate_fn=self._collate,
-                          drop_last=len(self.robot) >= self.batch_size)
+        train = Subset(self.robot, range(len(self.robot) - self.holdout)) if self.holdout else self.robot
+        return DataLoader(train, batch_size=self.batch_size, shuffle=True, collate_fn=self._collate,
+                          drop_last=len(train) >= self.batch_size)

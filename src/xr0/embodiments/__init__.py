@@ -1,5 +1,5 @@
 """Embodiments: what a robot's actions and observations are, and how they map onto the canonical
-padded 32-dim layout with an action mask (SPEC §4). Plugins register their own with
+padded 32-dim layout with an action mask (docs/method.md §4). Plugins register their own with
 `@EMBODIMENTS.register("myarm")`, and call `xr0.embodiments.check(MyArm())` in their tests."""
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def _arm7(name: str, hz: float, chunk: int, cameras: tuple[str, ...],
 
 @EMBODIMENTS.register("libero_franka")
 def libero_franka() -> Embodiment:
-    """LIBERO Franka Panda: 7-D delta end-effector + gripper, 2 cameras, chunk 10 (SPEC §4). The state is the
+    """LIBERO Franka Panda: 7-D delta end-effector + gripper, 2 cameras, chunk 10 (docs/method.md §4). The state is the
     8-D one of the LeRobot LIBERO datasets (openpi's and LeRobot's): end-effector position, axis-angle, 2 finger qpos."""
     return _arm7("libero_franka", 20.0, 10, ("agentview", "wrist"),
                  ("x", "y", "z", "axis_angle_x", "axis_angle_y", "axis_angle_z", "gripper_qpos_0", "gripper_qpos_1"))

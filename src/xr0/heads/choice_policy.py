@@ -1,8 +1,8 @@
-"""Choice-policy head for stage-1 VLM co-training (SPEC §2 stage 1; Qi et al. 2025, "Choice Policies").
+"""Choice-policy head for stage-1 VLM co-training (docs/method.md §2.1; Qi et al. 2025, "Choice Policies").
 
 The VLM reads `o_t, l, s_t, [A_1] … [A_T], [S]`: this head supplies the last T+2 input embeddings (an
 MLP-embedded state token and T+1 learnable tokens) and maps their VLM outputs to N candidate chunks
-(from the [A_i] outputs) and N scores (from [S]). Only the best candidate gets the action gradient
+(from the [A_i] outputs) and N scores (from [S]); it implements xr0.heads.protocol.ChoiceHead. Only the best candidate gets the action gradient
 (winner-takes-all); the scores regress every candidate's detached L1, and inference returns the
 candidate with the lowest score.
 """

@@ -1,4 +1,5 @@
-"""The DiT action expert (SPEC §1.2): a flow-matching transformer that reads the VLM's KV cache.
+"""The DiT action expert (docs/method.md §1.2): a flow-matching transformer that reads the VLM's KV cache; it
+implements xr0.heads.protocol.FlowHead.
 
 Tokens: [SINK, state, a_0 … a_{T-1}]. DiT layer i attends to [K/V of VLM layer L-K+i ; its own K/V]
 (the backbone hands over the last K layers, K = depth), so the VLM never sees DiT tokens (one-way MoT).
@@ -85,21 +86,24 @@ class Block(nn.Module):
 class DiT(nn.Module):
     """DiT action expert on the VLM KV cache: adaLN on τ, SINK token, RoPE continuing the VLM positions."""
 
-    def __init__(self, width: int = 1024, depth: int = 16, num_heads: int = 8, head_dim: int = 128,
+    special_tokens = ("sink", "state")  # before the actions; the masks are built over these (xr0.masks)
+
+    def __init__(self, width: int = 1024, depth: int = 16, num_heads: int = 8, head_dim: int | None = None,
                  mlp_ratio: int = 4, chunk: int = 30, action_dim: int = ACTION_DIM, state_dim: int = ACTION_DIM,
                  rope_offset: int = 10, prefix_tau: str = "one", t_embed_dim: int = 256):
+        """head_dim: the per-head width, which must equal the VLM's (its K/V are concatenated with the DiT's own);
+        null (the default) takes the backbone's when the policy binds the head, so a recipe names it once."""
         super().__init__()
         if prefix_tau not in PREFIX_TAU:
             raise ValueError(f"head.prefix_tau must be one of {PREFIX_TAU}, got {prefix_tau!r}")
-        for key, val in (("width", width), ("depth", depth), ("num_heads", num_heads), ("head_dim", head_dim),
-                         ("mlp_ratio", mlp_ratio), ("chunk", chunk)):
+        for key, val in (("width", width), ("depth", depth), ("num_heads", num_heads), ("mlp_ratio", mlp_ratio),
+                         ("chunk", chunk)):
             if val < 1:
                 raise ValueError(f"head.{key} must be >= 1, got {val}")
-        if head_dim % 2:
-            raise ValueError(f"head.head_dim must be even (RoPE rotates pairs), got {head_dim}")
         if rope_offset < 0:
             raise ValueError(f"head.rope_offset must be >= 0 (0 turns it off), got {rope_offset}")
-        self.width, self.depth, self.num_heads, self.head_dim = width, depth, num_heads, head_dim
+        self.width, self.depth, self.num_heads, self.mlp_ratio = width, depth, num_heads, mlp_ratio
+        self.head_dim: int | None = None
         self.chunk, self.action_dim, self.rope_offset, self.prefix_tau = chunk, action_dim, rope_offset, prefix_tau
         self.t_embed_dim = t_embed_dim
         self.sink = nn.Parameter(torch.zeros(1, width))
@@ -108,9 +112,26 @@ class DiT(nn.Module):
         self.t_mlp = nn.Sequential(nn.Linear(t_embed_dim, width, bias=False), nn.SiLU(),
                                    nn.Linear(width, width, bias=False))
         self.t_proj = nn.Linear(width, 6 * width)  # no SiLU before it (released layout)
-        self.blocks = nn.ModuleList(Block(width, num_heads, head_dim, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList()  # built by `bind`, once head_dim is known
         self.out_mlp = MLP2(width, action_dim, action_dim)  # hidden width = action dim (released layout)
+        if head_dim is not None:
+            self.bind(head_dim)
+
+    def bind(self, head_dim: int) -> DiT:
+        """Build the blocks for VLM K/V of this head_dim (the policy passes the backbone's); once, and initialise every
+        parameter. Binding again to another head_dim is an error naming both."""
+        if self.head_dim is not None:
+            if head_dim != self.head_dim:
+                raise ValueError(f"head.head_dim={self.head_dim} must equal the VLM's head_dim={head_dim}: the DiT "
+                                 f"concatenates the VLM's K/V with its own; set head.head_dim: {head_dim} (or null: "
+                                 f"it then follows the VLM)")
+            return self
+        if head_dim < 1 or head_dim % 2:
+            raise ValueError(f"head.head_dim must be a positive even number (RoPE rotates pairs), got {head_dim}")
+        self.head_dim = head_dim
+        self.blocks.extend(Block(self.width, self.num_heads, head_dim, self.mlp_ratio) for _ in range(self.depth))
         self.reset_parameters()
+        return self
 
     def reset_parameters(self) -> None:
         for m in self.modules():
@@ -128,9 +149,9 @@ class DiT(nn.Module):
 
     def check_backbone(self, num_layers: int, num_kv_heads: int, head_dim: int) -> None:
         """Raise a clear error when the VLM cannot feed this DiT."""
-        if head_dim != self.head_dim:
-            raise ValueError(f"head.head_dim={self.head_dim} must equal the VLM's head_dim={head_dim}: the DiT "
-                             f"concatenates the VLM's K/V with its own; set head.head_dim: {head_dim}")
+        if self.head_dim is None:
+            raise ValueError("the DiT is not bound to a VLM yet (head.head_dim: null): call head.bind(head_dim)")
+        self.bind(head_dim)  # a bound head of another head_dim raises here
         if self.depth > num_layers:
             raise ValueError(f"head.depth={self.depth} exceeds the VLM's {num_layers} layers "
                              f"(DiT layer i reads VLM layer L-K+i); set head.depth <= {num_layers}")
@@ -141,20 +162,21 @@ class DiT(nn.Module):
     def forward(self, ctx: VLMContext, state: Tensor, actions: Tensor, tau: Tensor, mask: Tensor,
                 noisy: Tensor) -> Tensor:
         """Velocity (B,T,A). state (B,S), actions (B,T,A) clean prefix + noisy rest, tau (B,T) or (B,),
-        mask (2+T, 2+T) or (B, 2+T, 2+T) over the DiT tokens, noisy (B,T) bool: tokens that get the RoPE offset."""
+        mask (n, n) or (B, n, n) over the DiT tokens (n = 2 special + T), noisy (B,T) bool: tokens that get the RoPE offset."""
         return self.step(self.prepare(ctx, mask, noisy), state, actions, tau)
 
     def prepare(self, ctx: VLMContext, mask: Tensor, noisy: Tensor) -> DiTInputs:
         """Everything a flow step reuses from one context: VLM K/V per layer (expanded to the DiT's heads), the
         RoPE of the DiT tokens and the attention mask. Euler sampling calls this once, then `step` per τ."""
         b, t = noisy.shape
-        n = 2 + t
+        ns = len(self.special_tokens)
+        n = ns + t
         if len(ctx.keys) != self.depth:
             raise ValueError(f"the VLM context holds {len(ctx.keys)} layers but head.depth={self.depth}: "
                              f"call backbone.context(inputs, num_layers={self.depth})")
         self.check_backbone(len(ctx.keys), ctx.keys[0].shape[1], ctx.keys[0].shape[-1])
         dev = ctx.keys[0].device
-        offset = torch.cat([noisy.new_zeros(b, 2), noisy], dim=1).long() * self.rope_offset  # (B,n)
+        offset = torch.cat([noisy.new_zeros(b, ns), noisy], dim=1).long() * self.rope_offset  # (B,n)
         pos = ctx.next_position[:, None] + torch.arange(n, device=dev)[None] + offset  # (B,n)
         cos, sin = ctx.rope(pos)  # (B,n,hd)
         dit_mask = mask.to(dev).bool().expand(b, n, n)  # (B,n,n)
@@ -168,10 +190,11 @@ class DiT(nn.Module):
     def step(self, inputs: DiTInputs, state: Tensor, actions: Tensor, tau: Tensor) -> Tensor:
         """One velocity evaluation on prepared inputs: actions (B,T,A), tau (B,T) or (B,) → (B,T,A)."""
         b, t, _ = actions.shape
-        n = 2 + t
+        ns = len(self.special_tokens)
+        n = ns + t
         tau = tau[:, None].expand(b, t) if tau.dim() == 1 else tau  # (B,T)
         # SINK and state carry the sample's noise level: the smallest action τ (prefix tokens may carry 1)
-        tau_tok = torch.cat([tau.min(dim=1, keepdim=True).values.expand(b, 2), tau], dim=1)  # (B,n)
+        tau_tok = torch.cat([tau.min(dim=1, keepdim=True).values.expand(b, ns), tau], dim=1)  # (B,n)
         x = torch.cat([self.sink.expand(b, 1, -1), self.state_mlp(state)[:, None],
                        self.action_mlp(actions)], dim=1)  # (B,n,D)
         t_emb = self.t_mlp(timestep_embedding(tau_tok, self.t_embed_dim).to(x.dtype))  # (B,n,D)
@@ -179,7 +202,7 @@ class DiT(nn.Module):
         cos, sin = inputs.cos.to(x.dtype), inputs.sin.to(x.dtype)
         for block, k, v in zip(self.blocks, inputs.keys, inputs.values):
             x = block(x, mod, k, v, cos, sin, inputs.mask)  # (B,n,D)
-        return self.out_mlp(x[:, 2:])  # (B,T,A)
+        return self.out_mlp(x[:, ns:])  # (B,T,A)
 
     def fsdp_wrap_modules(self) -> set[type]:
         return {Block}

@@ -18,7 +18,7 @@ import torch
 from xr0.export import META_KEYS, METADATA, load_checkpoint, read_export
 from xr0.release import keymap as K
 from xr0.release import layout
-from xr0.release.importer import RELEASE_FILES, check_release_names
+from xr0.release.importer import RELEASE_FILES, RELEASE_VLM, check_release_names
 
 
 def _load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -100,6 +100,10 @@ def export_release(src: str | Path, out: str | Path, template: str | Path | None
     if template is None and src.is_dir() and (src / RELEASE_FILES).is_dir():
         template = src / RELEASE_FILES
     tensors, meta = _load_source(src)
+    family = (((meta.get("xr0_recipe") or {}).get("stage") or {}).get("backbone") or {}).get("name")
+    if family not in (None, RELEASE_VLM):  # the format holds one VLM family: a fact of the release, not a choice
+        raise layout.ReleaseError(f"{src}: its VLM is '{family}', but the released format holds a Qwen3-VL "
+                                  f"('{RELEASE_VLM}'); export it with `xr0 export` (xr0's own format) instead")
     info = _release_info(meta, template, src)
     config = info["config"]
 

@@ -26,7 +26,7 @@ VLM_CONFIG = "vlm_config.json"  # the release's Qwen3-VL config alone, for build
 # The released inference path (modeling_mibot.py, MiBoTForActionGeneration.forward): lower-triangular mask
 # over [SINK, state, actions], no committed-action prefix, positions continue at max VLM position + 1 with no
 # offset for noisy tokens, one scalar τ per sample for every DiT token, 5 Euler steps from τ=0, raw
-# (un-normalised, zero-padded) state. xr0 defaults differ (SPEC §1.2-1.3), hence explicit switches.
+# (un-normalised, zero-padded) state. xr0 defaults differ (docs/method.md §1.2–1.3), hence explicit switches.
 PARITY = {"mask": "causal", "rope_offset": 0, "prefix_tau": "shared", "async_prefix": False,
           "num_steps": 5, "state_norm": "none"}
 
@@ -95,6 +95,7 @@ def release_embodiments(action_config: dict[str, Any], config: dict[str, Any]) -
     return out
 
 
+RELEASE_VLM = "qwen3vl"  # the backbone the released MiBoT model is built on (its vlm_config is a Qwen3-VL config)
 EXPORT_DIR = "${export_dir}"  # paths inside an export: xr0.checkpoint resolves it to the export's folder
 DEFAULT_VIEWS = (("base", "Base View"), ("left_wrist", "Left-Wrist View"))  # the release README's LIBERO example
 
@@ -104,7 +105,7 @@ def parity_recipe(config: dict[str, Any], embodiment: str | None, chunk: int, pr
     """A post_train stage with the released architecture and inference switches (PARITY), so `xr0 serve` and
     `load_policy` rebuild the imported model as the release runs it."""
     dit = config["dit_config"]
-    backbone = {"name": "qwen3vl", "config": config["vlm_config"], "preprocessor": preprocessor,
+    backbone = {"name": RELEASE_VLM, "config": config["vlm_config"], "preprocessor": preprocessor,
                 "prompt": "release", "view_labels": list(view_labels),
                 "tokenizer": f"{EXPORT_DIR}/{RELEASE_FILES}" if tokenizer else None}
     head = {"name": "dit", "width": dit["hidden_size"], "depth": dit["num_hidden_layers"], "head_dim": dit["head_dim"],

@@ -1,4 +1,4 @@
-"""τ samplers and the Δt_c prefix-length sampler (SPEC §1.4, §2 stage 3). Each is called as
+"""τ samplers and the Δt_c prefix-length sampler (docs/method.md §1.4, §2.3). Each is called as
 `sampler(batch_size, device=...)` and returns a (B,) tensor."""
 from __future__ import annotations
 

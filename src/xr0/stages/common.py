@@ -103,13 +103,19 @@ def configure_optimizers(module: Any, optim: OptimConfig) -> dict[str, Any]:
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 
-# ---------------------------------------------------------------- freezing
-def freeze(module: nn.Module) -> None:
-    """No gradients and eval mode (dropout off); the stage keeps it in eval across Lightning's .train()."""
-    module.requires_grad_(False)
-    module.eval()
-    if hasattr(module, "frozen"):
-        module.frozen = True  # the backbone contract: a frozen backbone runs its forward under no_grad
+# ---------------------------------------------------------------- initialisation
+def load_init_from(module: Any, parts: tuple[str, ...]) -> None:
+    """Every stage's Lightning `setup` hook: copy the `parts` of `module.init_from` (stage N's checkpoint) into the
+    model, once. It runs before FSDP shards the model and before a resumed run's own checkpoint is restored (which
+    then wins), and never when a model is only rebuilt (xr0.checkpoint.load_policy): no stage constructor reads
+    files. Freezing is the backbone's own (`Backbone.freeze`)."""
+    path = getattr(module, "init_from", None)
+    if not path or getattr(module, "_init_loaded", False):
+        return
+    from xr0.checkpoint import init_from
+
+    init_from(module, path, parts)
+    module._init_loaded = True
 
 
 def assert_grads_only_on_trainable(module: nn.Module) -> list[str]:
@@ -135,11 +141,13 @@ def embodiment_of(module: Any) -> str | None:
 
 
 def save_metadata(module: Any, checkpoint: dict[str, Any], stage: str) -> None:
-    """Everything deploy needs besides weights: resolved recipe, normalisation stats, embodiment, stage name."""
+    """Everything deploy needs besides weights: resolved recipe, normalisation stats, embodiment, stage name, the
+    longest committed prefix trained with."""
     checkpoint["xr0_recipe"] = getattr(module, "xr0_recipe", None)
     checkpoint["xr0_stats"] = getattr(module, "xr0_stats", None)
     checkpoint["xr0_embodiment"] = embodiment_of(module)
     checkpoint["xr0_stage"] = stage
+    checkpoint["xr0_max_prefix"] = getattr(module, "trained_max_prefix", None)  # None: unknown
     proc = getattr(module, "xr0_processor", None)
     checkpoint["xr0_processor"] = proc.to_dict() if hasattr(proc, "to_dict") else proc
 

@@ -1,4 +1,4 @@
-"""Stage 2 — frozen-VLM DiT training (SPEC §2 stage 2, paper §2.2.1).
+"""Stage 2 — frozen-VLM DiT training (docs/method.md §2.2, paper §2.2.1).
 
 The VLM (from a stage-1 checkpoint via `init_from`, or a Hugging Face directory via
 `backbone.pretrained`) is frozen: no gradients, eval mode, its forward under no_grad. Its input is
@@ -13,19 +13,24 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from xr0.heads.protocol import validate_head
 from xr0.plots import plot_policy_chunk
+from xr0.policy import Policy
 from xr0.registry import STAGES
 from xr0.stages.common import (
     OptimConfig,
     batch_size_of,
     clip_gradients,
     configure_optimizers,
-    freeze,
+    load_init_from,
     load_metadata,
     log_flow_terms,
     save_metadata,
 )
 from xr0.strategies import ShardedStage
+
+
+INIT_PARTS = ("backbone",)  # init_from gives the VLM only: the DiT starts from scratch
 
 
 @STAGES.register("dit_flow")
@@ -45,8 +50,6 @@ class DiTFlow(ShardedStage, L.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
-        from xr0.policy import Policy
-
         if training_repeat < 1:
             raise ValueError(f"stage.training_repeat must be >= 1 (got {training_repeat})")
         self.policy = Policy(backbone=backbone, head=head, mask=mask, tau_sampler=tau_sampler,
@@ -56,16 +59,17 @@ class DiTFlow(ShardedStage, L.LightningModule):
         self.xr0_recipe: dict[str, Any] | None = None
         self.xr0_stats: Any = None
         self.xr0_processor: Any = None  # xr0.processor.Processor, set by `xr0 fit`; saved in every checkpoint
-        if init_from:
-            from xr0.checkpoint import init_from as load
+        self.init_from = init_from  # read once, in `setup`
+        self.policy.backbone.freeze()  # no grad, eval; the backbone keeps itself in eval across Lightning's .train()
 
-            load(self, init_from, parts=("backbone",))  # the VLM only: the DiT starts from scratch
-        freeze(self.policy.backbone)
+    def setup(self, stage: str) -> None:
+        load_init_from(self, INIT_PARTS)
 
-    def train(self, mode: bool = True) -> "DiTFlow":
-        super().train(mode)
-        self.policy.backbone.eval()  # frozen VLM stays in eval while Lightning toggles train/eval
-        return self
+    @staticmethod
+    def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
+        return validate_head(kwargs, "flow", "dit_flow")
+
+    trained_max_prefix = 0  # stage 2 never trains with a committed prefix (see PostTrain.trained_max_prefix)
 
     def _step(self, batch: dict[str, Any], tag: str) -> Tensor:
         with torch.no_grad():

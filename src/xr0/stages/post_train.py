@@ -1,27 +1,30 @@
-"""Stage 3 — post-training on one robot, sync or async (SPEC §2 stage 3, paper §2.2.2).
+"""Stage 3 — post-training on one robot, sync or async (docs/method.md §2.3, paper §2.2.2).
 
 `mode: sync` trains VLM + DiT (or LoRA on the VLM, via the backbone's `lora` option) with the stage-2
 loss. `mode: async` prefixes Δt_c clean ground-truth actions (Δt_c from the `prefix` sampler) before
 the noisy ones, with the loss on non-prefix positions only. The ablation pieces are separate switches:
 the mask component (`causal` | `lambda`, prefix dropout is its option), the DiT's `rope_offset`
-(0 | 10), and `reweight` (per-element |â − a| weights from a no-grad generation with the same prefix).
+(0 | 10), and `reweight`: off | batch | sample (per-element |â − a| weights from a no-grad generation with the
+same prefix, normalised over the batch as the paper does, or per sample; `true` means batch, `false` off).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from xr0.heads.protocol import validate_head
 from xr0.plots import plot_policy_chunk
+from xr0.policy import Policy, reweight_mode
 from xr0.registry import STAGES
 from xr0.stages.common import (
     OptimConfig,
     batch_size_of,
     clip_gradients,
     configure_optimizers,
-    freeze,
+    load_init_from,
     load_metadata,
     log_flow_terms,
     save_metadata,
@@ -43,7 +46,7 @@ class PostTrain(ShardedStage, L.LightningModule):
         tau_sampler: Any,
         mode: str = "sync",
         prefix_sampler: Any = None,
-        reweight: bool = False,
+        reweight: bool | Literal["off", "batch", "sample"] = "off",
         training_repeat: int = 1,
         optim: OptimConfig = OptimConfig(),
         flow_steps: int = 5,
@@ -51,13 +54,12 @@ class PostTrain(ShardedStage, L.LightningModule):
         init_from: str | None = None,
     ):
         super().__init__()
-        from xr0.policy import Policy
-
+        reweight = reweight_mode(reweight)
         if mode not in MODES:
             raise ValueError(f"stage.mode must be one of {MODES}, got {mode!r}")
         if mode == "async" and prefix_sampler is None:
             raise ValueError("stage.mode: async needs stage.prefix_sampler: {name: prefix} (the Δt_c distribution)")
-        if mode == "sync" and (prefix_sampler is not None or reweight):
+        if mode == "sync" and (prefix_sampler is not None or reweight != "off"):
             raise ValueError("stage.prefix_sampler and stage.reweight only apply to mode: async; remove them or "
                              "set stage.mode: async")
         if training_repeat < 1:
@@ -70,18 +72,26 @@ class PostTrain(ShardedStage, L.LightningModule):
         self.xr0_recipe: dict[str, Any] | None = None
         self.xr0_stats: Any = None
         self.xr0_processor: Any = None  # xr0.processor.Processor, set by `xr0 fit`; saved in every checkpoint
-        if init_from:
-            from xr0.checkpoint import init_from as load
+        self.init_from = init_from  # read once, in `setup`; a frozen VLM (backbone.freeze: true) froze itself
 
-            load(self, init_from, parts=("backbone", "head"))
-        if getattr(backbone, "frozen", False):
-            freeze(backbone)  # the recipe chose a frozen VLM (DiT-only post-training)
+    def setup(self, stage: str) -> None:
+        load_init_from(self, ("backbone", "head"))
 
-    def train(self, mode: bool = True) -> "PostTrain":
-        super().train(mode)
-        if getattr(self.policy.backbone, "frozen", False):
-            self.policy.backbone.eval()
-        return self
+    @staticmethod
+    def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
+        return validate_head(kwargs, "flow", "post_train")
+
+    @property
+    def trained_max_prefix(self) -> int | None:
+        """The longest committed prefix Δt_c this stage trains with (0 in sync mode; None when the prefix sampler
+        does not declare `max_len`). Checkpoints carry it so the executor never grows Δt_c past it."""
+        if self.mode == "sync":
+            return 0
+        longest = getattr(self.prefix_sampler, "max_len", None)
+        chunk = getattr(self.policy.head, "chunk", None)
+        if longest is None:
+            return None
+        return int(min(longest, chunk - 1)) if chunk else int(longest)  # sample_prefix clamps to T − 1
 
     def sample_prefix(self, batch: dict[str, Any]) -> Tensor | None:
         """Δt_c per sample (B,) in async mode, None in sync mode; never past the chunk."""

@@ -1,9 +1,13 @@
-"""Stage 1 — choice-policy VLM co-training (SPEC §2 stage 1, paper §2.2.1).
+"""Stage 1 — choice-policy VLM co-training (docs/method.md §2.1, paper §2.2.1).
 
 Robot batches: the VLM reads `o_t, l, s_t, [A_1..A_T], [S]` (the last T+2 embeddings come from the
 choice-policy head) and the head turns their outputs into N candidate chunks and N scores.
 Vision-language batches: next-token prediction on the answer tokens. The VL:robot ratio (1:6 in the
-paper) is realised by the data mixture; this module logs the ratio it actually saw.
+paper) is set by the data (`data.vl_ratio`, xr0.data.mix); the loss weighs every sample alike — the robot loss
+of each robot sample and the mean answer-token loss of each VL sample, summed and divided by the sample count
+(times `vl_weight` for VL samples) — so the ratio of samples is the ratio in the loss, whatever each batch holds.
+The module logs the VL fraction it saw (`train/vl_fraction`) and warns once when no VL sample arrived in the
+first `vl_warn_steps` steps of a run that co-trains (vl_weight > 0).
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from xr0.backbones.protocol import POLICY_MEMBERS
+from xr0.backbones.protocol import check as check_backbone
+from xr0.heads.protocol import require, validate_head
 from xr0.plots import log_chunk_figure
 from xr0.registry import STAGES
 from xr0.stages.common import (
@@ -23,6 +30,7 @@ from xr0.stages.common import (
     batch_size_of,
     clip_gradients,
     configure_optimizers,
+    load_init_from,
     load_metadata,
     save_metadata,
 )
@@ -70,6 +78,10 @@ def stage1_metrics(num_candidates: int) -> nn.ModuleDict:
     })
 
 
+class NoVLWarning(UserWarning):
+    """Stage 1 co-trains with vision-language data, but none arrived."""
+
+
 @STAGES.register("vlm_cotrain")
 class VLMCoTrain(ShardedStage, L.LightningModule):
     """Stage 1: choice-policy VLM co-training on robot + vision-language batches (N candidates, WTA L1)."""
@@ -80,24 +92,33 @@ class VLMCoTrain(ShardedStage, L.LightningModule):
         head: nn.Module,
         optim: OptimConfig = OptimConfig(),
         vl_weight: float = 1.0,
+        vl_warn_steps: int = 100,
         plot_every_n_steps: int = 500,
         init_from: str | None = None,
     ):
         super().__init__()
-        if not hasattr(head, "tokens") or not hasattr(head, "select"):
-            raise ValueError("stage vlm_cotrain needs a choice-policy head: set stage.head: {name: choice_policy, chunk: T}")
+        require(head, "choice", "stage vlm_cotrain")
+        check_backbone(backbone, (*POLICY_MEMBERS, "lm_loss"))
+        if vl_weight < 0 or vl_warn_steps < 1:
+            raise ValueError(f"stage.vl_weight must be >= 0 (0: robot-only on purpose) and stage.vl_warn_steps >= 1; "
+                             f"got {vl_weight}, {vl_warn_steps}")
         head.bind(backbone.hidden_size)
         self.backbone, self.head = backbone, head
         self.optim, self.vl_weight, self.plot_every_n_steps = optim, vl_weight, plot_every_n_steps
+        self.vl_warn_steps, self._warned_no_vl = vl_warn_steps, False
         self.metrics = nn.ModuleDict({f"{t}_": stage1_metrics(head.num_candidates) for t in ("train", "val")})  # "train" is a Module method name
         self.register_buffer("seen", torch.zeros(2, dtype=torch.long), persistent=True)  # robot, vl samples
         self.xr0_recipe: dict[str, Any] | None = None
         self.xr0_stats: Any = None
         self.xr0_processor: Any = None  # xr0.processor.Processor, set by `xr0 fit`; saved in every checkpoint
-        if init_from:
-            from xr0.checkpoint import init_from as load
+        self.init_from = init_from  # read once, in `setup`
 
-            load(self, init_from, parts=("backbone", "head"))
+    def setup(self, stage: str) -> None:
+        load_init_from(self, ("backbone", "head"))
+
+    @staticmethod
+    def __xr0_validate__(kwargs: dict[str, Any]) -> list[str]:
+        return validate_head(kwargs, "choice", "vlm_cotrain")
 
     # ------------------------------------------------------------ forward pieces
     def choice_forward(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -114,6 +135,7 @@ class VLMCoTrain(ShardedStage, L.LightningModule):
         return self.head.select(cand, scores)
 
     def robot_step(self, batch: dict[str, Any], tag: str) -> Tensor:
+        """The mean robot loss of this sub-batch (each sample's WTA L1 + score loss, averaged)."""
         cand, scores = self.choice_forward(batch)
         out = self.head.loss(cand, scores, batch["actions"], batch["action_mask"], batch.get("chunk_mask"))
         bs, m = batch_size_of(batch), self.metrics[f"{tag}_"]
@@ -136,32 +158,52 @@ class VLMCoTrain(ShardedStage, L.LightningModule):
         return out["loss"]
 
     def vl_step(self, batch: dict[str, Any], tag: str) -> Tensor:
+        """Per-sample next-token loss (B,): the mean over each sample's answer tokens, so a long answer weighs as
+        much as a short one, as one robot sample weighs as one."""
         inputs = self.backbone.prepare(batch["images"], batch["image_mask"], list(batch["prompt"]),
                                        answers=list(batch["answer"]))
-        loss, logits, labels = self.backbone.lm_loss(inputs)
+        _, logits, labels = self.backbone.lm_loss(inputs)
         pred, target = logits[:, :-1].float(), labels[:, 1:]  # (B, S-1, V), (B, S-1): token t predicts t+1
         valid, m = target != -100, self.metrics[f"{tag}_"]
+        nll = nn.functional.cross_entropy(pred.transpose(1, 2), target, ignore_index=-100, reduction="none")  # (B, S-1)
+        loss = (nll * valid).sum(1) / valid.sum(1).clamp_min(1)  # (B,)
         if valid.any():
             correct = (pred.argmax(-1) == target)[valid].float()  # (n,)
             m["vl_token_accuracy"](correct)
             m["vl_perplexity"](pred.detach(), target)
             self.log_dict({f"{tag}/{k}": m[k] for k in ("vl_token_accuracy", "vl_perplexity")},
                           batch_size=batch_size_of(batch))
-        self.log(f"{tag}/vl_loss", loss, batch_size=batch_size_of(batch), prog_bar=tag == "train")
+        self.log(f"{tag}/vl_loss", loss.mean(), batch_size=batch_size_of(batch), prog_bar=tag == "train")
         return loss
 
     def _step(self, batch: dict[str, Any], tag: str) -> Tensor:
-        total = None
+        """Every sample weighs alike: (Σ robot-sample losses + vl_weight · Σ VL-sample losses) / samples."""
+        total, count = None, 0
         for kind, sub in split_kinds(batch):
-            loss = self.robot_step(sub, tag) if kind == "robot" else self.vl_weight * self.vl_step(sub, tag)
-            total = loss if total is None else total + loss
+            n = batch_size_of(sub)
+            part = self.robot_step(sub, tag) * n if kind == "robot" else self.vl_weight * self.vl_step(sub, tag).sum()
+            total, count = (part if total is None else total + part), count + n
             if tag == "train":
-                self.seen[0 if kind == "robot" else 1] += batch_size_of(sub)
+                self.seen[0 if kind == "robot" else 1] += n
+        total = total / max(count, 1)
         if tag == "train":
             robot, vl = self.seen.tolist()
             self.log("train/vl_fraction", vl / max(robot + vl, 1), batch_size=1)  # paper 1:6 → 0.143
+            self._check_vl_arrives(vl)
         self.log(f"{tag}/loss", total, batch_size=batch_size_of(batch))
         return total
+
+    def _check_vl_arrives(self, vl_seen: int) -> None:
+        """Once per run: a co-training run (vl_weight > 0) whose first vl_warn_steps steps brought no VL sample."""
+        if self._warned_no_vl or vl_seen or self.vl_weight == 0 or self.global_step + 1 < self.vl_warn_steps:
+            return
+        import warnings
+
+        self._warned_no_vl = True
+        warnings.warn(f"stage 1 (vlm_cotrain) has seen no vision-language sample in {self.global_step + 1} steps: "
+                      f"the paper co-trains VL:robot = 1:6 (report §2.2.1). Add a `kind: vl` card to data.cards with "
+                      f"data.vl_ratio: \"1:6\" (synthetic data: data.vl_ratio), check that card with `xr0 data "
+                      f"inspect`, or set stage.vl_weight: 0 to train robot-only on purpose", NoVLWarning, stacklevel=2)
 
     # ------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""The chunk executor (SPEC §3): pure and clock-driven, one call per control tick, no threads inside.
+"""The chunk executor (docs/method.md §3): pure and clock-driven, one call per control tick, no threads inside.
 
 A driver (the simulator, the real-time runner) owns time and inference. Each tick it hands over the
 chunks that finished (`deliver` / `fail`), calls `tick(k)`, starts the inference the returned `Step`
@@ -14,7 +14,8 @@ Timeline, with T the chunk length, T_e `exec_steps`, Δt_c `prefix_steps`, d the
          from index 0.
 - async: at step T_e of the current chunk (tick k) request with prefix = its actions T_e … T_e+Δt_c−1
          and keep executing it; the new chunk's index 0 is aligned to tick k, so when it arrives at k+d
-         it is executed from index d. Needs Δt_c ≥ d, measured and warned about (or adapted).
+         it is executed from index d. Needs Δt_c ≥ d, measured and warned about (or adapted, never past the
+         longest prefix the checkpoint was trained with: its metadata's `max_prefix`).
 - rtc:   the async timeline for policies trained without a prefix: the request carries the rest of the
          current chunk as a soft guidance target (inference-time RTC, see rtc.py).
 
@@ -64,8 +65,23 @@ def declared_chunk_len(policy: Any) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
+def declared_max_prefix(policy: Any) -> int | None:
+    """The longest committed prefix Δt_c the policy's checkpoint was trained with, from its metadata (None: unknown)."""
+    meta = getattr(policy, "metadata", None)
+    try:
+        meta = meta() if callable(meta) else meta
+    except Exception:  # noqa: BLE001 - metadata is optional
+        return None
+    value = meta.get("max_prefix") if isinstance(meta, dict) else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 class LatencyWarning(UserWarning):
     """Inference latency outgrew the committed prefix (or the chunk): transitions will not be seamless."""
+
+
+class PrefixRangeWarning(UserWarning):
+    """The committed prefix is (or would grow) longer than the policy was trained with."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +94,7 @@ class ExecutorConfig:
     estimator: str = "max"  # Δt_inf estimate: rolling "max" or "quantile"
     window: int = 20
     quantile: float = 0.9
-    adapt_prefix: bool = False  # grow Δt_c to the measured Δt_inf (bounded by T − T_e) instead of only warning
+    adapt_prefix: bool = False  # grow Δt_c to the measured Δt_inf (bounded by T − T_e and the trained maximum)
     max_guidance: float = 5.0  # rtc: β, the cap on the guidance weight
     record_trace: bool = True
     keep_chunks: bool = False  # keep every adopted chunk and sent request (simulation and tests)
@@ -135,6 +151,7 @@ class Executor:
         self.chunk_id: int | None = None
         self.origin = 0
         self.chunk_len: int | None = None
+        self.max_prefix: int | None = None  # the longest Δt_c the policy was trained with (configure), None: unknown
         self.inflight: Request | None = None
         self.last_target: np.ndarray | None = None
         self._arrived: list[tuple[int, np.ndarray | None, str, str]] = []
@@ -148,9 +165,11 @@ class Executor:
         self.retry_at = 0  # no request before this tick (backoff after failures)
         self._rng = np.random.default_rng(config.retry_seed)
 
-    def configure(self, chunk_len: int) -> None:
+    def configure(self, chunk_len: int, max_prefix: int | None = None) -> None:
         """Check the settings against the policy's chunk length T before the loop starts; raises
-        ExecutorConfigError with what to change."""
+        ExecutorConfigError with what to change. max_prefix: the longest committed prefix the policy was trained
+        with (`declared_max_prefix`); adapt_prefix never grows Δt_c past it, and a longer Δt_c set by hand is
+        warned about once."""
         t_e, p = self.cfg.exec_steps, self.prefix_steps
         if chunk_len < 1:
             raise ExecutorConfigError(f"the policy's chunk length must be >= 1, got {chunk_len}")
@@ -160,7 +179,13 @@ class Executor:
         if self.cfg.mode == "async" and t_e + p > chunk_len:
             raise ExecutorConfigError(f"the async prefix runs past the chunk: T_e={t_e} + Δt_c={p} > T={chunk_len}; "
                                       f"use --prefix <= {chunk_len - t_e} (or fewer --exec-steps)")
-        self.chunk_len = chunk_len
+        self.chunk_len, self.max_prefix = chunk_len, max_prefix
+        if self.cfg.mode == "async" and max_prefix is not None and p > max_prefix:
+            self._warn(-1, "prefix_beyond_training", p,
+                       f"the async prefix Δt_c={p} is longer than the {max_prefix} committed actions the policy was "
+                       f"trained with: its chunks are conditioned outside the trained range; use --prefix <= "
+                       f"{max_prefix} or post-train with a longer prefix (stage.prefix_sampler.max_len)",
+                       PrefixRangeWarning)
 
     # ---- driver interface -------------------------------------------------------------------------
     def deliver(self, request_id: int, chunk: np.ndarray) -> None:
@@ -260,6 +285,14 @@ class Executor:
         if self.cfg.mode == "async" and est > self.prefix_steps:
             if self.cfg.adapt_prefix and T is not None:
                 grown = min(est, T - self.cfg.exec_steps)
+                if self.max_prefix is not None and grown > self.max_prefix:
+                    self._warn(k, "prefix_at_trained_max", self.max_prefix,
+                               f"adapt_prefix: the measured latency Δt_inf={est} ticks asks for Δt_c={grown}, but "
+                               f"the policy was trained with at most {self.max_prefix} committed actions; Δt_c "
+                               f"stays at {max(self.prefix_steps, self.max_prefix)} (longer prefixes are outside the "
+                               f"trained range). Make inference faster or post-train with a longer prefix "
+                               f"(stage.prefix_sampler.max_len)", PrefixRangeWarning)
+                    grown = self.max_prefix
                 if grown > self.prefix_steps:
                     self.events.add(k, "prefix_adapted", f"Δt_c {self.prefix_steps} -> {grown} (Δt_inf={est})")
                     self.prefix_steps = grown
@@ -275,11 +308,13 @@ class Executor:
                        f"chunk runs out before the next one arrives and the arm holds. Lower exec_steps, use a "
                        f"longer chunk, or make inference faster (needs Δt_inf <= {T // 2})")
 
-    def _warn(self, k: int, kind: str, est: int, message: str) -> None:
-        self.events.add(k, kind, message)
-        if (kind, est) not in self._warned:  # once per latency value, not every chunk
+    def _warn(self, k: int, kind: str, est: int, message: str, category: type[Warning] = LatencyWarning) -> None:
+        first = (kind, est) not in self._warned
+        if first or category is LatencyWarning:  # latency goes in the trace at every chunk; the rest once
+            self.events.add(k, kind, message)
+        if first:  # the warning once per value, not every chunk
             self._warned.add((kind, est))
-            warnings.warn(message, LatencyWarning, stacklevel=3)
+            warnings.warn(message, category, stacklevel=3)
 
     def _new_request(self, k: int, prefix: np.ndarray | None, rtc: RTCSpec | None, origin: int | None) -> Request:
         req = Request(self._next_id, k, prefix, rtc, origin)

@@ -57,11 +57,14 @@ class LocalPolicy:
     """A FlowModel plus its Processor as a ChunkPolicy; the server and in-process runs share it.
 
     seed: every call draws its flow noise from a generator seeded with it (the released inference reseeds per
-    call), so the same observation gives the same chunk; None draws fresh noise each call."""
+    call), so the same observation gives the same chunk; None draws fresh noise each call. max_prefix: the longest
+    committed prefix Δt_c the model was trained with (the checkpoint's; None: unknown), declared in the metadata so
+    the executor never grows the prefix past it."""
 
     def __init__(self, model: FlowModel, processor: Processor, steps: int = 5, name: str = "policy",
-                 seed: int | None = None):
+                 seed: int | None = None, max_prefix: int | None = None):
         self.model, self.processor, self.steps, self.name, self.seed = model, processor, steps, name, seed
+        self.max_prefix = max_prefix
         self.device = _device(model)
         self.last_infer_ms = 0.0
 
@@ -71,7 +74,7 @@ class LocalPolicy:
 
     def metadata(self) -> dict[str, Any]:
         return {"policy": self.name, **self.processor.metadata(), "steps": self.steps, "prefix_actions": True,
-                "rtc": True, "action_frames": list(FRAMES), "seed": self.seed}
+                "rtc": True, "action_frames": list(FRAMES), "seed": self.seed, "max_prefix": self.max_prefix}
 
     def infer(self, obs: dict[str, Any], prefix: np.ndarray | None = None, rtc: RTCSpec | None = None) -> np.ndarray:
         """Chunk (T, A) in robot units (the processor's frame); `prefix` (P, A) committed, or guided with `rtc`."""
@@ -141,7 +144,8 @@ def load_local(spec: str, steps: int = 5, device: str = "cpu", chunk_len: int = 
     """`sim:tiny` → the tiny random policy; anything else is an xr0 checkpoint (file or export directory).
 
     fast: `auto`/`on` serve through xr0.infer.FastPolicy (prompt planned once, CUDA graphs on a GPU) where the
-    backbone supports it (`on` fails otherwise); `off` runs Policy.predict_chunk (the HF forward) as trained.
+    backbone declares a static prefill (xr0.backbones.protocol; `auto` says so and serves the eager path otherwise,
+    `on` fails); `off` runs Policy.predict_chunk (the HF forward) as trained.
     noise_seed: reseed the flow noise on every call (see LocalPolicy); frame: the default reply frame."""
     if fast not in FAST:
         raise ValueError(f"fast must be one of {FAST}, got {fast!r}")
@@ -160,11 +164,14 @@ def load_local(spec: str, steps: int = 5, device: str = "cpu", chunk_len: int = 
             raise ValueError(f"{spec}: carries no xr0_processor (written before the processor existed); re-train or "
                              f"re-import it with this version of xr0")
         model = loaded.policy
-        if fast == "on" or (fast == "auto" and hasattr(getattr(model, "backbone", None), "hf")):
-            from xr0.infer import FastPolicy
+        from xr0.infer import FastPolicy, static_prefill
 
-            model = FastPolicy(model, compile=compile)
-        pol = LocalPolicy(model, loaded.processor, steps=steps, name=spec)
+        if fast == "on" or (fast == "auto" and static_prefill(model) is not None):
+            model = FastPolicy(model, compile=compile)  # `on` without a declared static prefill: its error names it
+        elif fast == "auto":
+            print(f"[xr0 serve] backbone {type(model.backbone).__name__} declares no static prefill plan: serving the "
+                  f"eager path (Policy.predict_chunk)")
+        pol = LocalPolicy(model, loaded.processor, steps=steps, name=spec, max_prefix=loaded.max_prefix)
     pol.seed = noise_seed
     if frame is not None:
         if frame not in FRAMES:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from xr0_deploy.executor import Executor, Request, declared_chunk_len, failure_kind
+from xr0_deploy.executor import Executor, Request, declared_chunk_len, declared_max_prefix, failure_kind
 from xr0_deploy.protocol import ChunkPolicy, PolicyError, PolicyUnavailable, Reading, Robot
 
 
@@ -34,7 +34,7 @@ class Resampler:
     def __init__(self, keep: int = 64):
         self._buf: dict[str, deque[Reading]] = {}
         self._keep = keep
-        self._nearest = nearest_index  # xr0.data.resample's nearest-timestamp rule (SPEC §3)
+        self._nearest = nearest_index  # xr0.data.resample's nearest-timestamp rule (docs/method.md §3)
 
     def add(self, reading: Reading) -> None:
         self._buf.setdefault(reading.name, deque(maxlen=self._keep)).append(reading)
@@ -160,7 +160,7 @@ class RealTimeRunner:
         if self.ex.chunk_len is None:  # refuse settings that cannot fit the chunk before the clock starts
             chunk_len = self.warmup_chunk_len or declared_chunk_len(self.policy)
             if chunk_len is not None:
-                self.ex.configure(chunk_len)
+                self.ex.configure(chunk_len, declared_max_prefix(self.policy))
         worker = _InferenceThread(self.policy)
         t0, k = self.clock(), 0
         try:

@@ -14,7 +14,7 @@ import numpy as np
 
 from xr0.embodiments import Embodiment
 from xr0.registry import EMBODIMENTS
-from xr0_deploy.executor import Executor, declared_chunk_len, failure_kind
+from xr0_deploy.executor import Executor, declared_chunk_len, declared_max_prefix, failure_kind
 from xr0_deploy.protocol import ChunkPolicy, Limits, PolicyError, PolicyUnavailable, Reading
 
 SIM_DOF = 7
@@ -139,7 +139,7 @@ def simulate(executor: Executor, policy: ChunkPolicy, arm: SimArm, ticks: int,
     Settings that do not fit the policy's declared chunk length fail here, before the first tick."""
     lat = latency if callable(latency) else (lambda n, d=int(latency): d)
     if executor.chunk_len is None and (declared := declared_chunk_len(policy)) is not None:
-        executor.configure(declared)
+        executor.configure(declared, declared_max_prefix(policy))
     pending: list[tuple[int, int, np.ndarray | None, str, str]] = []  # (ready tick, id, chunk, error, kind)
     latest: dict[str, Any] = {}
     for k in range(ticks):

@@ -55,7 +55,7 @@ class TinyFlowPolicy(nn.Module):
         ctx = self.context(batch)
         for n in range(steps):
             tau = torch.full((b, self.chunk_len), n / steps)  # (B,T)
-            tau[:, :p] = 1.0  # clean prefix tokens carry τ=1 (SPEC §1.2)
+            tau[:, :p] = 1.0  # clean prefix tokens carry τ=1 (docs/method.md §1.2)
             x = x + self.velocity(ctx, batch, x, tau, p) / steps
         return x
 

@@ -1,7 +1,10 @@
 """Scripted-expert episodes → WebDataset shards, statistics and a data card; and VL samples derived from them.
 
 Layouts are random per episode but reproducible: task i of a run with seed S uses the environment seed
-S·1000 + i, and the exploration noise comes from a generator seeded the same way.
+S·1000 + i, and the exploration noise comes from a generator seeded the same way. `obs="image"` records the
+hand-and-gripper state of `metaworld_sawyer_image` (goal and object only in the frames; the VL answers still come
+from the full simulator state). `perturb_at` moves the goal (or object) mid-episode and the expert follows it: data
+with discontinuities for `xr0 eval offline`.
 """
 from __future__ import annotations
 
@@ -12,24 +15,26 @@ from typing import Any
 import numpy as np
 
 from xr0_metaworld.embodiment import STATE_NAMES
-from xr0_metaworld.env import MetaWorldEnv
-from xr0_metaworld.tasks import check_tasks, expert
-
-EMBODIMENT = "metaworld_sawyer"
+from xr0_metaworld.env import EMBODIMENT_OF, MetaWorldEnv
+from xr0_metaworld.tasks import PERTURBABLE, check_tasks, expert
 
 
 def expert_episode(env: MetaWorldEnv, policy: Any, rng: np.random.Generator, noise: float = 0.0,
-                   tail: int = 8, render: bool = True) -> dict[str, Any]:
+                   tail: int = 8, render: bool = True, perturb_at: int | None = None,
+                   perturb: str = "goal") -> dict[str, Any]:
     """One episode of the scripted expert. Labels are the expert's clean actions; the executed action gets
     Gaussian noise (std `noise`) so the data shows how to recover from small errors. Recording goes on for
     `tail` steps after success so the policy also learns to stay at the goal."""
     env.reset()
-    frames, states, actions = [], [], []
+    frames, states, full, actions = [], [], [], []
     success_at, left = None, None
-    for _ in range(env.max_steps):
+    for k in range(env.max_steps):
+        if perturb_at is not None and k == perturb_at and success_at is None:
+            env.perturb(perturb, rng)
         if render:
             frames.append(env.render())
         states.append(env.state)
+        full.append(env.full_state)
         a = np.clip(policy.get_action(env.expert_obs()), -1.0, 1.0).astype(np.float32)
         actions.append(a)
         executed = np.clip(a + rng.normal(0.0, noise, size=4), -1.0, 1.0) if noise > 0 else a
@@ -41,21 +46,24 @@ def expert_episode(env: MetaWorldEnv, policy: Any, rng: np.random.Generator, noi
             if left < 0:
                 break
     ep = {"state": np.stack(states), "actions": np.stack(actions), "instruction": env.instruction,
-          "success_at": success_at, "task": env.task}
+          "success_at": success_at, "task": env.task, "full_state": np.stack(full)}
     if render:
         ep["images"] = {env.camera: np.stack(frames)}
     return ep
 
 
 def episodes(tasks: list[str], n: int, seed: int, image_size: int, noise: float, progress: bool = True,
-             keep: list | None = None) -> Iterator[dict[str, Any]]:
+             keep: list | None = None, obs: str = "state", perturb_at: int | None = None,
+             perturb: str = "goal") -> Iterator[dict[str, Any]]:
     """n episodes per task, tasks interleaved (so shards mix them); `keep` collects light summaries."""
     import warnings
 
     from tqdm import tqdm
 
     check_tasks(tasks)
-    envs = [MetaWorldEnv(t, seed=seed * 1000 + i, image_size=image_size) for i, t in enumerate(tasks)]
+    if perturb_at is not None and set(tasks) - PERTURBABLE:
+        raise ValueError(f"--perturb-at: perturbations are defined for {', '.join(sorted(PERTURBABLE))}")
+    envs = [MetaWorldEnv(t, seed=seed * 1000 + i, image_size=image_size, obs=obs) for i, t in enumerate(tasks)]
     rngs = [np.random.default_rng(seed * 1000 + i) for i in range(len(tasks))]
     experts = [expert(t) for t in tasks]
     bar = tqdm(total=n * len(tasks), desc="expert episodes", unit="ep", disable=not progress)
@@ -64,11 +72,11 @@ def episodes(tasks: list[str], n: int, seed: int, image_size: int, noise: float,
             warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")  # experts' own gains
             for _ in range(n):
                 for env, pol, rng in zip(envs, experts, rngs):
-                    ep = expert_episode(env, pol, rng, noise)
+                    ep = expert_episode(env, pol, rng, noise, perturb_at=perturb_at, perturb=perturb)
                     if keep is not None:
                         keep.append({"task": ep["task"], "success_at": ep["success_at"], "steps": len(ep["actions"]),
                                      "frames": ep["images"][env.camera][:: max(1, len(ep["actions"]) // 4)][:4],
-                                     "state": ep["state"]})
+                                     "state": ep.pop("full_state")})
                     bar.update(1)
                     yield ep
     finally:
@@ -110,16 +118,26 @@ def vl_samples(kept: list[dict[str, Any]], per_episode: int = 4, seed: int = 0) 
 
 def collect(tasks: list[str], episodes_per_task: int, out: str | Path, seed: int = 0, image_size: int = 56,
             noise: float = 0.1, name: str = "metaworld", maxcount: int = 1000, vl: bool = True,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, obs: str = "state", perturb_at: int | None = None,
+            perturb: str = "goal") -> dict[str, Any]:
     """Collect, write robot shards + card (and a `<name>_vl` card), return paths and expert figures."""
     from xr0.data import write_episodes, write_vl_samples
 
+    if obs not in EMBODIMENT_OF:
+        raise ValueError(f"observation mode {obs!r}: use one of {list(EMBODIMENT_OF)}")
     kept: list[dict[str, Any]] = []
-    card = write_episodes(episodes(tasks, episodes_per_task, seed, image_size, noise, progress, kept), out,
-                          EMBODIMENT, name, maxcount=maxcount, license="MIT (Meta-World assets); generated data CC0-1.0",
-                          source=f"xr0 sim collect --tasks {' '.join(tasks)} --episodes {episodes_per_task} --seed {seed}",
+    extra = (f" --obs {obs}" if obs != "state" else "") + (f" --perturb-at {perturb_at} --perturb {perturb}"
+                                                          if perturb_at is not None else "")
+    card = write_episodes(episodes(tasks, episodes_per_task, seed, image_size, noise, progress, kept, obs, perturb_at,
+                                   perturb), out,
+                          EMBODIMENT_OF[obs], name, maxcount=maxcount,
+                          license="MIT (Meta-World assets); generated data CC0-1.0",
+                          source=f"xr0 sim collect --tasks {' '.join(tasks)} --episodes {episodes_per_task} "
+                                 f"--seed {seed}{extra}",
                           description=f"Meta-World scripted experts: {', '.join(tasks)}; {episodes_per_task} episodes "
-                                      f"per task, random layouts (seed {seed}), action noise {noise}",
+                                      f"per task, random layouts (seed {seed}), action noise {noise}, {obs} "
+                                      f"observations" + (f", the {perturb} moved at tick {perturb_at}"
+                                                          if perturb_at is not None else ""),
                           progress=False)
     result: dict[str, Any] = {"card": card, "episodes": len(kept),
                               "samples": sum(k["steps"] for k in kept),

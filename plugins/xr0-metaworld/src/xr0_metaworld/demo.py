@@ -32,13 +32,25 @@ def train_chain(out: Path, data: Path, steps: tuple[int, int, int], variant: str
     common = [f"_data={data}", f"_out={out}", "trainer.enable_progress_bar=true"] + list(extra or [])
     runs: dict[str, Path] = {}
     if stage2 is None:
+        # stage 2 trains in the position layout the variant post-trains in (docs/method.md §2.2): a DiT never
+        # trained with the RoPE offset starts post-training with it off-distribution
+        offset = variant_rope_offset(str(RECIPES / "stage3.yaml"), variant, common)
         runs["stage1"] = fit(str(RECIPES / "stage1.yaml"), common + [f"trainer.max_steps={steps[0]}"])
         runs["stage2"] = fit(str(RECIPES / "stage2.yaml"), common + [
-            f"trainer.max_steps={steps[1]}", f"stage.init_from={runs['stage1'] / 'checkpoints' / 'last.ckpt'}"])
+            f"trainer.max_steps={steps[1]}", f"stage.init_from={runs['stage1'] / 'checkpoints' / 'last.ckpt'}",
+            f"stage.head.rope_offset={offset}"])
         stage2 = runs["stage2"] / "checkpoints" / "last.ckpt"
     runs["stage3"] = fit(str(RECIPES / "stage3.yaml"), common + [
         f"trainer.max_steps={steps[2]}", f"stage.init_from={stage2}", f"_variant={variant}"])
     return runs
+
+
+def variant_rope_offset(recipe: str, variant: str, overrides: list[str]) -> int:
+    """The RoPE offset a stage-3 recipe's variant post-trains with."""
+    from xr0.config import load_recipe, resolve
+
+    tree = resolve(load_recipe(recipe, overrides + [f"_variant={variant}"]))
+    return int(tree["stage"]["head"].get("rope_offset", 0))
 
 
 def log_rows(rows: list[dict[str, Any]], table: str, logdir: Path) -> None:

@@ -23,3 +23,12 @@ class MetaWorldSawyer(Embodiment):
     chunk: int = 16  # stored per sample; recipes read any chunk up to this
     action_low: tuple = (-1.0,) * 4
     action_high: tuple = (1.0,) * 4
+
+
+@EMBODIMENTS.register("metaworld_sawyer_image")
+@dataclass(frozen=True)
+class MetaWorldSawyerImage(MetaWorldSawyer):
+    """Meta-World Sawyer, goal and object seen only in the images: 4-D state (hand xyz, gripper opening)."""
+
+    name: str = "metaworld_sawyer_image"
+    state_names: tuple = STATE_NAMES[:4]

@@ -3,7 +3,9 @@
 The RTC-Kinetix protocol: a request made on tick k is answered on tick k + d whatever the real compute
 time, and the env keeps stepping the current chunk meanwhile (async, rtc) or idles (sync). d = 0 means the
 chunk is used on the tick it was requested. Reference rows: the scripted expert (closed loop, every tick,
-no latency — an upper bound) and the zero action (what doing nothing scores).
+no latency — an upper bound) and the zero action (what doing nothing scores). With `perturb_at` the goal (or the
+object) moves at that tick and every episode also reports its reaction time and success after the move
+(reactivity.py has the definition).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from xr0_metaworld.embodiment import SAWYER_HZ
-from xr0_metaworld.env import MetaWorldEnv
-from xr0_metaworld.tasks import check_tasks, expert
+from xr0_metaworld.env import EMBODIMENT_OF, PERTURB_KINDS, MetaWorldEnv
+from xr0_metaworld.reactivity import ReactionProbe
+from xr0_metaworld.tasks import PERTURBABLE, check_tasks, expert
 
 REFERENCES = ("expert", "zero")
 
@@ -33,9 +36,17 @@ class EvalConfig:
     prefix: int | None = None
     flow_steps: int = 5
     max_steps: int = 150
-    perturb_at: int | None = None  # tick at which the goal moves (reactivity test)
+    perturb_at: int | None = None  # tick at which the goal (or object) moves (reactivity test)
+    perturb: str = "goal"  # what moves: goal | object
     sheets: int = 2
     image_size: int | None = None  # default: the checkpoint's training size
+    obs: str | None = None  # state | image; default: the checkpoint's embodiment says (references: state)
+
+    def __post_init__(self) -> None:
+        if self.perturb not in PERTURB_KINDS:
+            raise ValueError(f"perturb {self.perturb!r}: use one of {list(PERTURB_KINDS)}")
+        if self.perturb_at is not None and not 0 <= self.perturb_at < self.max_steps:
+            raise ValueError(f"--perturb-at {self.perturb_at}: must be a tick in 0..{self.max_steps - 1}")
 
     @property
     def prefix_steps(self) -> int:
@@ -43,18 +54,17 @@ class EvalConfig:
 
 
 def load_checkpoint_policy(path: str, flow_steps: int):
-    """A stage-2/3 checkpoint → (deploy LocalPolicy, training image size), through the one loader `xr0 serve` and
-    `xr0 deploy` use (the checkpoint's processor; FastPolicy where the backbone supports it)."""
+    """A stage-2/3 checkpoint → (deploy LocalPolicy, training image size, observation mode), through the one loader
+    `xr0 serve` and `xr0 deploy` use (the checkpoint's processor; FastPolicy where the backbone supports it)."""
     from xr0_deploy.local import load_local
 
-    from xr0_metaworld.embodiment import MetaWorldSawyer
-
     local = load_local(str(path), steps=flow_steps)
-    emb = MetaWorldSawyer()
-    if local.processor.embodiment.name != emb.name:
-        raise ValueError(f"{path} was trained for embodiment '{local.processor.embodiment.name}', not '{emb.name}'")
+    name = local.processor.embodiment.name
+    modes = {emb: mode for mode, emb in EMBODIMENT_OF.items()}
+    if name not in modes:
+        raise ValueError(f"{path} was trained for embodiment '{name}', not one of {sorted(modes)}")
     size = local.processor.image.size
-    return local, int(size[0]) if size else 56
+    return local, int(size[0]) if size else 56, modes[name]
 
 
 def _jerk(actions: np.ndarray) -> np.ndarray:
@@ -68,7 +78,7 @@ def _jerk(actions: np.ndarray) -> np.ndarray:
 def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Generator,
                    frames: list | None = None) -> dict[str, Any]:
     """One episode through the executor. Returns success, steps, idle ticks and jerk at chunk boundaries."""
-    from xr0_deploy.executor import Executor, ExecutorConfig
+    from xr0_deploy.executor import Executor, ExecutorConfig, declared_chunk_len, declared_max_prefix
     from xr0_deploy.protocol import Limits
     from xr0_deploy.safety import Safety
 
@@ -77,13 +87,16 @@ def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Ge
                   # clip to [-1, 1] rather than reject: Meta-World clips too, and an expert at saturation
                   # (±1) makes small overshoots of a learned policy normal, not a sign of a broken model
                   safety=Safety(Limits(np.full(4, -1.0), np.full(4, 1.0)), reject_margin=2.0))
+    chunk_len = declared_chunk_len(policy)
+    if chunk_len is not None:  # settings checked before the first tick, as `xr0 deploy` does (scripted rows declare none)
+        ex.configure(chunk_len, declared_max_prefix(policy))
     env.reset()
     pending: list[tuple[int, int, np.ndarray]] = []
     executed, boundary, held, success_at = [], [], 0, None
     last_chunk = None
+    probe = _Probe(env, cfg, rng)
     for k in range(cfg.max_steps):
-        if cfg.perturb_at is not None and k == cfg.perturb_at:
-            env.move_goal(rng)
+        probe.before(k)
         for item in [p for p in pending if p[0] <= k]:
             pending.remove(item)
             ex.deliver(item[1], item[2])
@@ -106,6 +119,7 @@ def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Ge
         boundary.append(cid is not None and last_chunk is not None and cid != last_chunk)
         last_chunk = cid if cid is not None else last_chunk
         executed.append(action[:3])
+        probe.after(k, action)
         _, ok = env.step(action)
         if ok:
             success_at = k + 1
@@ -113,7 +127,32 @@ def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Ge
     jerk = _jerk(np.asarray(executed))
     b = np.asarray(boundary)
     return {"success": success_at is not None, "steps": len(executed), "success_at": success_at, "held": held,
-            "boundary_jerk": float(jerk[b].mean()) if b.any() else float("nan"), "jerk": float(jerk.mean())}
+            "boundary_jerk": float(jerk[b].mean()) if b.any() else float("nan"), "jerk": float(jerk.mean()),
+            **probe.result(success_at)}
+
+
+class _Probe:
+    """The perturbation and its reaction probe for one rollout (a no-op without `perturb_at`)."""
+
+    def __init__(self, env: MetaWorldEnv, cfg: EvalConfig, rng: np.random.Generator):
+        self.env, self.cfg, self.rng = env, cfg, rng
+        self.probe = ReactionProbe(cfg.perturb_at) if cfg.perturb_at is not None else None
+        self.oracle = expert(env.task) if self.probe else None
+        self.moved = None
+
+    def before(self, k: int) -> None:
+        if self.probe is not None and k == self.cfg.perturb_at:
+            self.moved = self.env.perturb(self.cfg.perturb, self.rng)
+            self.probe.perturbed = True
+
+    def after(self, k: int, action: np.ndarray) -> None:
+        """Called with the tick's command before the env steps: the expert is asked on the same observation."""
+        if self.moved is not None:
+            self.probe.record(k, action, self.oracle.get_action(self.env.expert_obs()),
+                              self.oracle.get_action(self.env.counterfactual_obs(self.moved)))
+
+    def result(self, success_at: int | None) -> dict[str, Any]:
+        return {} if self.probe is None else self.probe.result(success_at)
 
 
 def rollout_reference(env: MetaWorldEnv, kind: str, cfg: EvalConfig, rng: np.random.Generator,
@@ -122,20 +161,21 @@ def rollout_reference(env: MetaWorldEnv, kind: str, cfg: EvalConfig, rng: np.ran
     pol = expert(env.task) if kind == "expert" else None
     env.reset()
     executed, success_at = [], None
+    probe = _Probe(env, cfg, rng)
     for k in range(cfg.max_steps):
-        if cfg.perturb_at is not None and k == cfg.perturb_at:
-            env.move_goal(rng)
+        probe.before(k)
         if frames is not None and k % 6 == 0:
             frames.append(env.render())
         a = np.clip(pol.get_action(env.expert_obs()), -1, 1) if pol else np.zeros(4)
         executed.append(a[:3])
+        probe.after(k, a)
         _, ok = env.step(a)
         if ok:
             success_at = k + 1
             break
     jerk = _jerk(np.asarray(executed))
     return {"success": success_at is not None, "steps": len(executed), "success_at": success_at, "held": 0,
-            "boundary_jerk": float("nan"), "jerk": float(jerk.mean())}
+            "boundary_jerk": float("nan"), "jerk": float(jerk.mean()), **probe.result(success_at)}
 
 
 def contact_sheet(frames: list[np.ndarray], path: Path, title: str, scale: int = 2) -> Path:
@@ -157,17 +197,24 @@ def contact_sheet(frames: list[np.ndarray], path: Path, title: str, scale: int =
 
 def evaluate(policy_ref: str, tasks: list[str], episodes: int, seed: int, cfg: EvalConfig,
              out: str | Path | None = None, policy: Any = None, label: str | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, keep_episodes: bool = False) -> dict[str, Any]:
     """Success rate, steps to success, throughput (successes per simulated minute, idle ticks included),
-    jerk; `policy_ref` is a checkpoint path, `expert` or `zero` (or pass a loaded `policy`)."""
+    jerk, and with `perturb_at` reaction time and success after the move; `policy_ref` is a checkpoint path,
+    `expert` or `zero` (or pass a loaded `policy`). keep_episodes: the row carries the per-episode results too."""
     import torch
     from tqdm import tqdm
 
     check_tasks(tasks)
-    size = cfg.image_size or 56
+    if cfg.perturb_at is not None and set(tasks) - PERTURBABLE:
+        raise ValueError(f"--perturb-at: perturbations are defined for {', '.join(sorted(PERTURBABLE))}, not "
+                         f"{', '.join(sorted(set(tasks) - PERTURBABLE))}")
+    size, obs = cfg.image_size or 56, cfg.obs or "state"
     if policy is None and policy_ref not in REFERENCES:
-        policy, trained_size = load_checkpoint_policy(policy_ref, cfg.flow_steps)
+        policy, trained_size, trained_obs = load_checkpoint_policy(policy_ref, cfg.flow_steps)
         size = cfg.image_size or trained_size
+        if cfg.obs not in (None, trained_obs):
+            raise ValueError(f"{policy_ref} was trained in observation mode '{trained_obs}', not '{cfg.obs}'")
+        obs = trained_obs
     torch.manual_seed(seed)  # the flow noise: same seed, same rollouts
     out_dir = Path(out) if out else None
     label = label or (policy_ref if policy_ref in REFERENCES else Path(policy_ref).name)
@@ -177,7 +224,7 @@ def evaluate(policy_ref: str, tasks: list[str], episodes: int, seed: int, cfg: E
         warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
         warnings.filterwarnings("ignore", message=".*exceeds the prefix.*")
         for i, task in enumerate(tasks):
-            with MetaWorldEnv(task, seed=seed * 1000 + i, image_size=size, max_steps=cfg.max_steps) as env:
+            with MetaWorldEnv(task, seed=seed * 1000 + i, image_size=size, max_steps=cfg.max_steps, obs=obs) as env:
                 for e in range(episodes):
                     rng = np.random.default_rng([seed, i, e])
                     frames = [] if out_dir is not None and e < cfg.sheets else None
@@ -194,37 +241,54 @@ def evaluate(policy_ref: str, tasks: list[str], episodes: int, seed: int, cfg: E
                                       f"{'success' if r['success'] else 'fail'} @{r['steps']}")
                     bar.update(1)
     bar.close()
-    row = summarize(results, label, cfg if policy is not None else None)
+    row = summarize(results, label, cfg if policy is not None else None, cfg.perturb_at)
+    row["obs"] = obs
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{label}_{cfg.mode}_d{cfg.latency}.json").write_text(
             json.dumps({"row": row, "config": asdict(cfg), "episodes": results}, indent=1, default=str))
+    if keep_episodes:
+        row["per_episode"] = results
     return row
 
 
-def summarize(results: list[dict[str, Any]], label: str, cfg: EvalConfig | None) -> dict[str, Any]:
-    """Episodes → one table row."""
+def summarize(results: list[dict[str, Any]], label: str, cfg: EvalConfig | None,
+              perturb_at: int | None = None) -> dict[str, Any]:
+    """Episodes → one table row (with the reactivity fields when the episodes were perturbed)."""
     succ = [r for r in results if r["success"]]
     ticks = sum(r["steps"] for r in results)
     bj = [r["boundary_jerk"] for r in results if np.isfinite(r["boundary_jerk"])]
-    return {"policy": label, "mode": cfg.mode if cfg else "closed loop", "latency": cfg.latency if cfg else 0,
-            "episodes": len(results), "success": len(succ) / max(1, len(results)),
-            "steps_to_success": float(np.mean([r["success_at"] for r in succ])) if succ else float("nan"),
-            "throughput_per_min": len(succ) / (ticks / SAWYER_HZ / 60.0) if ticks else 0.0,
-            "idle_frac": sum(r["held"] for r in results) / max(1, ticks),
-            "boundary_jerk": float(np.mean(bj)) if bj else float("nan"),
-            "jerk": float(np.mean([r["jerk"] for r in results]))}
+    row = {"policy": label, "mode": cfg.mode if cfg else "closed loop", "latency": cfg.latency if cfg else 0,
+           "episodes": len(results), "success": len(succ) / max(1, len(results)),
+           "steps_to_success": float(np.mean([r["success_at"] for r in succ])) if succ else float("nan"),
+           "throughput_per_min": len(succ) / (ticks / SAWYER_HZ / 60.0) if ticks else 0.0,
+           "idle_frac": sum(r["held"] for r in results) / max(1, ticks),
+           "boundary_jerk": float(np.mean(bj)) if bj else float("nan"),
+           "jerk": float(np.mean([r["jerk"] for r in results]))}
+    if perturb_at is not None:
+        hit = [r for r in results if r.get("perturbed")]
+        rt = [r["reaction"] for r in hit if np.isfinite(r["reaction"])]
+        row.update(perturb_at=perturb_at, perturbed=len(hit),
+                   reaction_ticks=float(np.mean(rt)) if rt else float("nan"),
+                   reacted=len(rt) / len(hit) if hit else float("nan"),
+                   post_success=float(np.mean([r["post_success"] for r in hit])) if hit else float("nan"))
+    return row
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    """Rows → a markdown table."""
+    """Rows → a markdown table (reactivity columns when any row was perturbed)."""
+    react = any("perturb_at" in r for r in rows)
     head = ("| policy | mode | d | episodes | success | steps to success | successes / sim min | idle | "
-            "boundary jerk | mean jerk |")
-    lines = [head, "|" + "---|" * 10]
+            "boundary jerk | mean jerk |" + (" reaction (ticks) | reacted | success after move |" if react else ""))
+    lines = [head, "|" + "---|" * (13 if react else 10)]
+    f = lambda x, p=2: "–" if x is None or np.isnan(x) else f"{x:.{p}f}"  # NaN → dash
+    pct = lambda x: "–" if x is None or np.isnan(x) else f"{100 * x:.0f}%"
     for r in rows:
-        f = lambda x, p=2: "–" if np.isnan(x) else f"{x:.{p}f}"  # NaN → dash
-        lines.append(f"| {r['policy']} | {r['mode']} | {r['latency']} | {r['episodes']} | {100 * r['success']:.0f}% | "
-                     f"{f(r['steps_to_success'], 1)} | {f(r['throughput_per_min'], 1)} | {100 * r['idle_frac']:.0f}% | "
-                     f"{f(r['boundary_jerk'], 3)} | {f(r['jerk'], 3)} |")
+        line = (f"| {r['policy']} | {r['mode']} | {r['latency']} | {r['episodes']} | {100 * r['success']:.0f}% | "
+                f"{f(r['steps_to_success'], 1)} | {f(r['throughput_per_min'], 1)} | {100 * r['idle_frac']:.0f}% | "
+                f"{f(r['boundary_jerk'], 3)} | {f(r['jerk'], 3)} |")
+        if react:
+            line += (f" {f(r.get('reaction_ticks'), 1)} | {pct(r.get('reacted'))} | {pct(r.get('post_success'))} |")
+        lines.append(line)
     return "\n".join(lines)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 
-# Tasks whose scripted expert succeeded 10/10 on this machine (shared/FIELD-NOTES.md), plus a few siblings.
+# Tasks whose scripted expert succeeded 10/10 when measured on the CI machine, plus a few siblings.
 INSTRUCTIONS: dict[str, str] = {
     "reach-v3": "reach the red goal with the gripper",
     "push-v3": "push the puck to the goal",
@@ -14,6 +14,9 @@ INSTRUCTIONS: dict[str, str] = {
     "door-open-v3": "open the door",
     "window-open-v3": "slide the window open",
 }
+
+# Tasks whose goal and object can be moved mid-episode and whose scripted expert follows the move (reactivity).
+PERTURBABLE = frozenset({"reach-v3", "push-v3", "pick-place-v3"})
 
 
 def check_tasks(tasks: list[str]) -> list[str]:
