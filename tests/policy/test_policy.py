@@ -316,3 +316,85 @@ def test_a_head_dim_left_null_follows_the_backbone():
 def test_prefix_positions_helper_matches_the_lengths():
     got = flow.prefix_positions(torch.tensor([0, 2]), 2, 4, "cpu")
     assert got.tolist() == [[False] * 4, [True, True, False, False]]
+
+
+# ---------------------------------------------------------------- inference is the training velocity, edges
+def test_the_sampler_integrates_the_training_velocity():
+    """predict_chunk prepares K/V, RoPE and mask once for all steps; it must integrate exactly the velocity the loss
+    trains (same noisy/clean flags for the RoPE offset, same mask, no training-time dropout)."""
+    policy = make_policy(mask=Causal(prefix_dropout=True, prefix_dropout_p=1.0), rope_offset=10)
+    batch = make_batch()
+    ctx = policy.context(batch)
+    plen = torch.tensor([3, 4])  # old prefix columns (all but the last 2) are what training-time dropout hides
+    prefix = torch.randn(B, T, 32) * batch["action_mask"][:, None]
+    noise = torch.randn(B, T, 32)
+    fast = policy.sample(ctx, batch, prefix, plen, steps=4, noise=noise)
+    step = lambda x, tau: policy.velocity(ctx, batch, x, tau, plen)  # noqa: E731 - inference: training=False
+    ref = flow.euler_sample(step, noise, 4, prefix, plen) * batch["action_mask"][:, None]
+    assert torch.allclose(fast, ref, atol=1e-5)
+    x, tau = torch.randn(B, T, 32), torch.rand(B, T)
+    dropped = policy.velocity(ctx, batch, x, tau, plen, training=True)  # the dropout hides old prefix columns
+    assert not torch.allclose(dropped, policy.velocity(ctx, batch, x, tau, plen), atol=1e-5)
+
+
+def test_velocity_offsets_the_noisy_tokens_only():
+    policy, batch = make_policy(rope_offset=10), make_batch()
+    ctx = policy.context(batch)
+    plen = torch.tensor([2, 4])
+    x, tau = torch.randn(B, T, 32), torch.rand(B, T)
+    noisy = torch.arange(T)[None] >= plen[:, None]  # by hand
+    mask = policy.mask(T, plen, special=2)
+    want = policy.head(ctx, batch["state"], x * batch["action_mask"][:, None], tau, mask, noisy=noisy)
+    assert torch.allclose(policy.velocity(ctx, batch, x, tau, plen), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [1, T])
+def test_a_one_step_and_a_whole_chunk_prefix_are_kept(p):
+    policy, batch = make_policy(), make_batch()
+    prefix = torch.randn(B, p, 32) * batch["action_mask"][:, None]
+    out = policy.predict_chunk(batch, prefix=prefix)
+    assert torch.equal(out[:, :p], prefix)
+    torch.manual_seed(4)
+    none = policy.predict_chunk(batch, prefix=torch.zeros(B, 0, 32))  # an empty prefix is no prefix
+    torch.manual_seed(4)
+    assert torch.equal(none, policy.predict_chunk(batch))
+
+
+def test_loss_terms_with_one_valid_element_and_without_a_chunk_mask():
+    policy, batch = make_policy(tau_sampler=FixedTau(0.4)), make_batch()
+    ctx = policy.context(batch)
+    torch.manual_seed(2)
+    full = policy.flow_loss(batch, ctx)
+    no_chunk_mask = {k: v for k, v in batch.items() if k != "chunk_mask"}
+    no_chunk_mask["chunk_mask"] = torch.ones(B, T, dtype=torch.bool)
+    torch.manual_seed(2)
+    ones = policy.flow_loss(no_chunk_mask, ctx)
+    del no_chunk_mask["chunk_mask"]
+    torch.manual_seed(2)
+    absent = policy.flow_loss(no_chunk_mask, ctx)  # no chunk_mask: every step is valid
+    assert torch.allclose(absent["loss"], ones["loss"]) and not torch.allclose(absent["loss"], full["loss"])
+    assert full["weight_mean"].item() == 1.0 and absent["valid_frac"].item() == pytest.approx(7 / 32)
+    one = {**batch, "action_mask": torch.zeros(B, 32, dtype=torch.bool), "chunk_mask": torch.zeros(B, T, dtype=torch.bool)}
+    one["action_mask"][1, 3], one["chunk_mask"][1, 2] = True, True  # a single valid element
+    torch.manual_seed(2)
+    out = policy.flow_loss(one, ctx)
+    torch.manual_seed(2)
+    exp = _expected_loss(policy, one, ctx, 0.4, None, seed=2)  # the mean over that one element: its squared error
+    assert torch.allclose(out["loss"], exp, atol=1e-6) and out["weight_mean"].item() == 1.0
+
+
+def test_reweighting_runs_for_any_prefix_and_a_lone_element_weighs_one():
+    from xr0.policy import reweight_weights
+
+    policy, batch = make_policy(tau_sampler=FixedTau(0.4)), make_batch()
+    ctx = policy.context(batch)
+    calls = []
+    inner = policy._reweight
+    policy._reweight = lambda *a, **k: calls.append(a[2].tolist()) or inner(*a, **k)
+    for plen in ([1, 0], [0, 0]):
+        policy.flow_loss(batch, ctx, prefix_len=torch.tensor(plen), reweight="batch")
+    assert calls == [[1, 0]]  # a one-step prefix is a prefix; no prefix anywhere: no generation at all
+    err = torch.zeros(1, 2, 3)
+    err[0, 1, 2] = 0.37
+    valid = err > 0  # one valid element: the mean is its own error, its weight 1
+    assert reweight_weights(err, valid, torch.tensor([True]))[0, 1, 2].item() == pytest.approx(1.0)
