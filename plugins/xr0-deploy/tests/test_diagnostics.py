@@ -43,6 +43,9 @@ def test_every_held_tick_is_counted_by_its_reason():
 
 
 def test_simulated_arm_takes_the_embodiments_shape():
+    from xr0.plugins import load_plugins
+
+    load_plugins()  # lab_arm comes from the example plugin; lookups do not load plugins (the entry points do)
     emb = get("lab_arm")
     arm = SimArm.for_embodiment(emb, drop_camera={"wrist": 2})
     assert arm.dof == 7 and arm.state_dim == 8 and arm.limits.high[6] == 1.0
