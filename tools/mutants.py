@@ -222,7 +222,7 @@ class MutantFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module):
-        exec(self.code, module.__dict__)
+        exec(self.code, module.__dict__)  # noqa: S102 - the mutated module, compiled from our own source
 
 
 def start(target: Target, tree: ast.Module, log: Path) -> int:

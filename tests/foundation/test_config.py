@@ -163,8 +163,8 @@ import re
 
 import yaml
 from hypothesis import given, settings
-from omegaconf import OmegaConf
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 keys = st.sampled_from(["stage", "stage.head", "stage.head.depth", "stage.head.mask", "stage.head.mask.name",
                         "stage.optim.lr", "trainer.max_steps", "run.seed", "trainer", "run", "data", "x",

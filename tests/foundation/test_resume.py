@@ -58,7 +58,7 @@ def test_sigkill_then_resume_last_continues_from_the_last_checkpoint(tmp_path):
 
     final_step = step0 + 8  # two more checkpoints
     res = subprocess.run(_cmd(out, f"trainer.max_steps={final_step}", "--resume", "last"), capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"resuming from {ckpts / 'last.ckpt'}" in res.stdout
     final = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)

@@ -329,7 +329,7 @@ def test_the_sampler_integrates_the_training_velocity():
     prefix = torch.randn(B, T, 32) * batch["action_mask"][:, None]
     noise = torch.randn(B, T, 32)
     fast = policy.sample(ctx, batch, prefix, plen, steps=4, noise=noise)
-    step = lambda x, tau: policy.velocity(ctx, batch, x, tau, plen)  # noqa: E731 - inference: training=False
+    step = lambda x, tau: policy.velocity(ctx, batch, x, tau, plen)  # inference: training=False
     ref = flow.euler_sample(step, noise, 4, prefix, plen) * batch["action_mask"][:, None]
     assert torch.allclose(fast, ref, atol=1e-5)
     x, tau = torch.randn(B, T, 32), torch.rand(B, T)

@@ -3,12 +3,19 @@ length, Δt_inf against Δt_c and T (warnings, adapt_prefix and its bounds), the
 reasons, and what a request carries (an empty prefix is None, RTC's frozen steps follow the measured latency)."""
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
 import numpy as np
 import pytest
-from xr0_deploy.executor import Executor, ExecutorConfig, ExecutorConfigError, LatencyWarning, PrefixRangeWarning
+from xr0_deploy.executor import (
+    Executor,
+    ExecutorConfig,
+    ExecutorConfigError,
+    LatencyWarning,
+    PrefixRangeWarning,
+)
 from xr0_deploy.protocol import PolicyUnavailable
 from xr0_deploy.safety import Safety
 from xr0_deploy.sim import SimArm, simulate
@@ -73,7 +80,7 @@ def test_a_prefix_longer_than_trained_warns_once_before_the_first_tick():
 def test_a_chunk_that_arrives_exactly_its_length_late_is_stale():
     """T_e = 4, so the request goes out at index 4; latency 10 would land it at its own index 10: past its last
     action (index 9), so it is dropped as stale and the arm holds for that reason."""
-    ex, trace, _ = run(d=lambda n: 1 if n == 0 else 10, ticks=30)
+    ex, _, _ = run(d=lambda n: 1 if n == 0 else 10, ticks=30)
     assert ex.events.counts["stale_chunk"] >= 1 and ex.hold_reasons["stale_chunk"] >= 1
     ex, _, _ = run(d=lambda n: 1 if n == 0 else 9, ticks=30)  # one tick earlier: index 9 still runs
     assert "stale_chunk" not in kinds(ex)
@@ -134,7 +141,7 @@ def test_retry_waits_double_from_one_tick_jittered_into_the_upper_half():
     the executor's seeded generator; requests fail one tick after they go out."""
     ex, _, _ = run(d=1, ticks=120, policy=Scripted(fail={"all"}), retry_seed=3)
     ticks = sorted(r.tick for r in ex.requests.values())
-    waits = [b - a - 1 for a, b in zip(ticks, ticks[1:])]
+    waits = [b - a - 1 for a, b in itertools.pairwise(ticks)]
     rng = np.random.default_rng(3)
     caps = [min(30, 2 ** (n - 1)) for n in range(1, ex.events.counts["inference_failed"] + 1)]
     expected = [max(1, math.ceil(rng.uniform(c / 2, c))) for c in caps]

@@ -93,7 +93,7 @@ def test_guided_sampling_equals_the_closed_form_on_a_linear_field(steps, beta):
     c = rng.normal(0.2, 0.5, (h, a))
     alpha = -0.7
     weights = soft_mask(h, 2, 6)
-    field = lambda x, tau: alpha * x + torch.from_numpy(c).to(x)  # noqa: E731
+    field = lambda x, tau: alpha * x + torch.from_numpy(c).to(x)
     got = rtc_sample(field, torch.from_numpy(noise), torch.from_numpy(target), torch.from_numpy(weights), steps, beta)
     want = closed_form(noise, target, weights, alpha, c, steps, beta)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-10)
@@ -109,7 +109,7 @@ def test_defaults_are_five_steps_and_beta_five():
     rng = np.random.default_rng(5)
     noise, target, c = rng.normal(size=(1, 5, 2)), rng.normal(size=(1, 5, 2)), rng.normal(size=(5, 2))
     weights = soft_mask(5, 1, 4)
-    field = lambda x, tau: 0.3 * x + torch.from_numpy(c).to(x)  # noqa: E731
+    field = lambda x, tau: 0.3 * x + torch.from_numpy(c).to(x)
     got = rtc_sample(field, torch.from_numpy(noise), torch.from_numpy(target), torch.from_numpy(weights))
     np.testing.assert_allclose(got.numpy(), closed_form(noise, target, weights, 0.3, c, 5, 5.0), rtol=1e-10)
 
@@ -120,7 +120,7 @@ def test_guidance_stays_on_the_valid_action_dims():
     c = rng.normal(size=(6, 4))
     dims = np.array([1.0, 0.0, 1.0, 0.0])
     weights = soft_mask(6, 2, 5)
-    field = lambda x, tau: -0.5 * x + torch.from_numpy(c).to(x)  # noqa: E731
+    field = lambda x, tau: -0.5 * x + torch.from_numpy(c).to(x)
     got = rtc_sample(field, torch.from_numpy(noise), torch.from_numpy(target), torch.from_numpy(weights), 5, 5.0,
                      dim_mask=torch.tensor([True, False, True, False]))
     want = closed_form(noise, target, weights, -0.5, c, 5, 5.0, dim_mask=dims)
