@@ -58,7 +58,7 @@ class Target:
     name: str
     file: Path
     module: str
-    functions: list[str]  # qualified names ("Class.method", "function"); ["*"]: the whole module
+    functions: list[str]  # qualified names ("Class.method", "function", "CONSTANT"); ["*"]: the whole module
     tests: list[str]  # pytest node ids or files, relative to the repository root
     match: str | None = None  # only mutate lines that contain this text (one call inside a long function)
     explained: list[dict] = field(default_factory=list)  # {line: source text, mutation: what, why: one line}
@@ -130,6 +130,8 @@ def _walk(tree: ast.Module, functions: list[str]):
             if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 q = f"{qual}.{child.name}" if qual else child.name
                 ins = inside or everything or q in functions
+            elif isinstance(child, ast.Assign) and not qual:  # a module constant the functions use, named as well
+                ins = inside or any(isinstance(t, ast.Name) and t.id in functions for t in child.targets)
             if ins:
                 yield node, fieldname, idx, child
             yield from visit(child, q, ins)
