@@ -30,7 +30,7 @@ class StepProgress(ProgressBar):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         from tqdm import tqdm
 
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        total = steps_total(trainer)
         tty = sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=trainer.global_step, desc="train", unit="step", dynamic_ncols=True,
                         disable=not (self._enabled and trainer.is_global_zero), mininterval=0.2 if tty else 15.0)
@@ -48,6 +48,15 @@ class StepProgress(ProgressBar):
             self.bar = None
 
 
+def steps_total(trainer: Any) -> int | None:
+    """Optimizer steps the run will take: max_steps when it bounds the run, else what the epochs amount to
+    (None for an endless stream)."""
+    if trainer.max_steps and trainer.max_steps > 0:
+        return trainer.max_steps
+    est = trainer.estimated_stepping_batches  # inf for a stream without a length
+    return int(est) if est != float("inf") else None
+
+
 class _DropTips(logging.Filter):
     """Lightning's advertisement of third-party services asks nothing of a user."""
 
@@ -55,10 +64,18 @@ class _DropTips(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
+# Warnings that ask nothing of an xr0 user: the stages define a validation step for labs that add a validation
+# split, and the stock recipes have none; Lightning's own use of a torch API torch deprecated.
+NOISE = (r"You defined a `validation_step` but have no `val_dataloader`", r".*isinstance\(treespec, LeafSpec\)")
+
+
 def quiet(module: Any) -> None:
-    """Silence what asks nothing of the user: the litlogger tip, and Lightning's "modules in eval mode" warning when
-    the modules in eval mode are exactly the frozen backbone's (declared frozen: eval mode is the point). Any other
-    module left in eval mode still warns."""
+    """Silence what asks nothing of the user: the litlogger tip, the warnings in NOISE, and Lightning's "modules in
+    eval mode" warning when the modules in eval mode are exactly the frozen backbone's (declared frozen: eval mode is
+    the point). Any other module left in eval mode still warns. Call it before the Trainer is built: the tip is
+    printed by the Trainer's constructor."""
+    for text in NOISE:
+        warnings.filterwarnings("ignore", message=text)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in log.filters):

@@ -113,8 +113,10 @@ def build_trainer(tree: dict[str, Any], module: Any, out: Path, callbacks: list 
     from lightning.pytorch.plugins.io import CheckpointIO
 
     from xr0.fault import AtomicCheckpointIO, NonFiniteGuard, RollingCheckpoint
+    from xr0.progress import quiet
     from xr0.strategies import make_strategy
 
+    quiet(module)  # before the Trainer: its constructor prints the tip
     run = run_config(tree)
     kwargs = dict(tree.get("trainer") or {})
     callbacks = list(callbacks or [])
@@ -182,9 +184,8 @@ def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = No
         trainer = build_trainer(tree, module, out, callbacks)
         if trainer.is_global_zero:
             print(f"[xr0] {global_batch(getattr(datamodule, 'batch_size', None), trainer)}")
-        from xr0.progress import quiet, summary
+        from xr0.progress import summary
 
-        quiet(module)
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.is_global_zero:
