@@ -80,13 +80,15 @@ def contact_sheet(images: list[np.ndarray], names: list[str], path: str | Path) 
     """Camera frames side by side (scaled to one height) with their names, as a PNG."""
     from PIL import ImageDraw
 
+    from xr0.names import draw_title
+
     h = max(max(im.shape[0] for im in images), 64)
     tiles = [Image.fromarray(im).resize((max(1, round(im.shape[1] * h / im.shape[0])), h)) for im in images]
     sheet = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), h + 14), "white")
     x, draw = 0, ImageDraw.Draw(sheet)
     for t, name in zip(tiles, names):
         sheet.paste(t, (x, 14))
-        draw.text((x + 2, 1), name, fill="black")
+        draw_title(draw, (x + 2, 0), name)  # a camera's name as the lab wrote it, any script
         x += t.width + 4
     path = Path(path)
     sheet.save(path)

@@ -285,6 +285,8 @@ def report(points: dict[str, Point], cells: dict[tuple, dict[str, Any]], refs: d
 def _tensorboard(cells: dict[tuple, dict[str, Any]], logdir: Path, metrics: list[str]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
+    from xr0.names import slug
+
     groups: dict[tuple, list[float]] = {}
     for (n, _, m, d), row in cells.items():
         for k in metrics:
@@ -293,7 +295,7 @@ def _tensorboard(cells: dict[tuple, dict[str, Any]], logdir: Path, metrics: list
                 groups.setdefault((k, n, m, d), []).append(float(v))
     with SummaryWriter(str(logdir)) as w:
         for (k, n, m, d), vs in sorted(groups.items()):
-            w.add_scalar(f"{k}/{n}/{m}", float(np.mean(vs)), d)  # x axis: the delay
+            w.add_scalar(f"{k}/{slug(n)}/{m}", float(np.mean(vs)), d)  # x axis: the delay
 
 
 # ---------------------------------------------------------------- the whole run
