@@ -28,9 +28,10 @@ def robot_units(module: Any, pred: Tensor, true: Tensor, batch: dict[str, Any], 
 
 
 def chunk_figure(pred: np.ndarray, true: np.ndarray, names: list[str], prefix_len: int = 0, units: str = "",
-                 valid: np.ndarray | None = None, cols: int = 4):
+                 valid: np.ndarray | None = None, cols: int = 4, true_label: str = "true"):
     """pred/true (T, A) → a grid of A panels (cols per row), true in black, predicted in red, prefix shaded;
-    steps past the episode end (valid False) are left out of `true`."""
+    steps past the episode end (valid False) are left out of `true`. true_label names the black line (an
+    evaluation compares with the expert)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -48,7 +49,7 @@ def chunk_figure(pred: np.ndarray, true: np.ndarray, names: list[str], prefix_le
             continue
         if prefix_len > 0:
             ax.axvspan(-0.5, prefix_len - 0.5, color="0.88", label="prefix")
-        ax.plot(steps[shown], true[shown, j], "k-", label="true")
+        ax.plot(steps[shown], true[shown, j], "k-", label=true_label)
         ax.plot(steps, pred[:, j], "r--", label="predicted")
         ax.set_title(names[j], fontsize=9)
         ax.tick_params(labelsize=7)

@@ -67,6 +67,7 @@ def test_fit_three_stages_then_eval(chain, tmp_path, capsys):
         assert ep["success_at"] is None and ep["steps"] == 20
     assert res["episodes"][0]["held"] == 2  # the first chunk's latency, then seamless
     assert (out / "sheets" / "last.ckpt_rtc_d2_reach-v3_ep0.png").is_file()
+    assert (out / "chunks" / "last.ckpt_rtc_d2_reach-v3_ep0.png").is_file()  # the chunk against the expert
     assert "| reaction (ticks) | reacted | success after move |" in capsys.readouterr().out
     assert res["episodes"][0]["perturbed"] in (True, False) and "reaction" in res["episodes"][0]
     assert main(["sim", "eval", "zero", "--episodes", "1", "--max-steps", "20", "--out", str(out)]) == 0

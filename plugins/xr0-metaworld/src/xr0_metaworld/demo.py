@@ -53,16 +53,23 @@ def variant_rope_offset(recipe: str, variant: str, overrides: list[str]) -> int:
     return int(tree["stage"]["head"].get("rope_offset", 0))
 
 
-def log_rows(rows: list[dict[str, Any]], table: str, logdir: Path) -> None:
-    """The results table and its numbers in TensorBoard (text + scalars), beside the training runs."""
+def log_rows(rows: list[dict[str, Any]], table: str, logdir: Path, chunks: Path | None = None) -> None:
+    """The results table and its numbers in TensorBoard (text + scalars, tags as slugs), beside the training runs;
+    with `chunks`, the evaluation's chunk plots (`evaluate`'s chunks/ folder) as images."""
+    import numpy as np
+    from PIL import Image
     from torch.utils.tensorboard import SummaryWriter
+
+    from xr0.names import slug
 
     with SummaryWriter(str(logdir)) as w:
         w.add_text("results", table)
         for r in rows:
-            tag = f"{r['policy']}_{r['mode']}_d{r['latency']}".replace(" ", "_")
+            tag = slug(f"{r['policy']}_{r['mode']}_d{r['latency']}")
             w.add_scalar(f"eval/success/{tag}", r["success"], 0)
             w.add_scalar(f"eval/throughput_per_min/{tag}", r["throughput_per_min"], 0)
+        for png in sorted(chunks.glob("*.png")) if chunks is not None else []:
+            w.add_image(f"eval/chunk/{png.stem}", np.asarray(Image.open(png).convert("RGB")), 0, dataformats="HWC")
 
 
 def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = ("reach-v3",), episodes: int = 40,
@@ -102,7 +109,7 @@ def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = ("reach-v3"
     timings["eval"] = time.perf_counter() - t
 
     table = format_rows(rows)
-    log_rows(rows, table, out / "eval" / "tb")
+    log_rows(rows, table, out / "eval" / "tb", ev / "chunks")
     (out / "results.md").write_text(table + "\n")
     total = time.perf_counter() - t0
     print("\n[demo] 4/4 results on Meta-World " + ", ".join(tasks) + f" ({eval_episodes} episodes per task each):\n")
@@ -110,8 +117,9 @@ def run_demo(out: str | Path = "runs/demo", tasks: tuple[str, ...] = ("reach-v3"
     print(f"\n[demo] wall time {total:.0f} s (collect {timings['collect']:.0f} s, train {timings['train']:.0f} s, "
           f"eval {timings['eval']:.0f} s)")
     print(f"[demo] TensorBoard: tensorboard --logdir {out}   (stage1/tb, stage2/tb, stage3_lambda/tb: losses and "
-          f"predicted-vs-true chunk plots; eval/tb: this table)")
-    print(f"[demo] contact sheets of rollouts: {ev / 'sheets'}; table: {out / 'results.md'}; "
+          f"predicted-vs-true chunk plots; eval/tb: this table and the evaluation's chunk plots)")
+    print(f"[demo] contact sheets of rollouts: {ev / 'sheets'}; predicted chunks against the expert's actions: "
+          f"{ev / 'chunks'}; table: {out / 'results.md'}; "
           f"per-episode results: {ev}/*.json")
     (out / MARKER).write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": round(total, 1),
                                           "timings_s": {k: round(v, 1) for k, v in timings.items()}}))

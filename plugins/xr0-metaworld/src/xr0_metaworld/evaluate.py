@@ -76,8 +76,9 @@ def _jerk(actions: np.ndarray) -> np.ndarray:
 
 
 def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Generator,
-                   frames: list | None = None) -> dict[str, Any]:
-    """One episode through the executor. Returns success, steps, idle ticks and jerk at chunk boundaries."""
+                   frames: list | None = None, chunks: list | None = None) -> dict[str, Any]:
+    """One episode through the executor. Returns success, steps, idle ticks and jerk at chunk boundaries.
+    chunks: a list that gets one chunk of the episode against the expert's actions (`chunk_against_expert`)."""
     from xr0_deploy.executor import Executor, ExecutorConfig, declared_chunk_len, declared_max_prefix
     from xr0_deploy.protocol import Limits
     from xr0_deploy.safety import Safety
@@ -95,6 +96,8 @@ def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Ge
     executed, boundary, held, success_at = [], [], 0, None
     last_chunk = None
     probe = _Probe(env, cfg, rng)
+    asked: dict[int, tuple[Any, np.ndarray]] = {}  # request id → (request, chunk), for the chunk plot
+    oracle, truth = (expert(env.task), []) if chunks is not None else (None, None)
     for k in range(cfg.max_steps):
         probe.before(k)
         for item in [p for p in pending if p[0] <= k]:
@@ -105,6 +108,7 @@ def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Ge
             req = step.request
             obs = {"state": env.state, "images": {env.camera: env.render()}, "prompt": env.instruction}
             chunk = policy.infer(obs, req.prefix, req.rtc)
+            asked[req.id] = (req, np.asarray(chunk))
             if cfg.latency == 0:  # answered at once: take the chunk into account on this very tick
                 ex.deliver(req.id, chunk)
                 ex.trace.pop()
@@ -119,16 +123,52 @@ def rollout_policy(env: MetaWorldEnv, policy, cfg: EvalConfig, rng: np.random.Ge
         boundary.append(cid is not None and last_chunk is not None and cid != last_chunk)
         last_chunk = cid if cid is not None else last_chunk
         executed.append(action[:3])
+        if truth is not None:  # what the expert commands on this very observation: the eval's true action
+            truth.append(np.clip(oracle.get_action(env.expert_obs()), -1, 1))
         probe.after(k, action)
         _, ok = env.step(action)
         if ok:
             success_at = k + 1
             break
+    if chunks is not None:
+        chunks.append(chunk_against_expert(ex.trace, asked, np.asarray(truth)))
     jerk = _jerk(np.asarray(executed))
     b = np.asarray(boundary)
     return {"success": success_at is not None, "steps": len(executed), "success_at": success_at, "held": held,
             "boundary_jerk": float(jerk[b].mean()) if b.any() else float("nan"), "jerk": float(jerk.mean()),
             **probe.result(success_at)}
+
+
+def chunk_against_expert(trace: list[dict[str, Any]], asked: dict[int, tuple[Any, np.ndarray]],
+                         truth: np.ndarray) -> dict[str, Any] | None:
+    """The episode's second chunk (the first one with a committed prefix; the first if it had only one) against the
+    expert's action on the tick each of its steps ran or would have run: `pred`, `true` (T, A) in robot units,
+    `valid` (T,) (False past the episode's end), `prefix` (the committed steps: what ran before it arrived) and
+    `tick` (the tick of its step 0). None when no chunk ran."""
+    adopted = list(dict.fromkeys(r["chunk_id"] for r in trace if r["chunk_id"] is not None))
+    if not adopted:
+        return None
+    cid = adopted[min(1, len(adopted) - 1)]
+    first = next(r for r in trace if r["chunk_id"] == cid)
+    start = first["tick"] - first["index_in_chunk"]  # the executor aligns step j of the chunk with tick start + j
+    req, pred = asked[cid]
+    ticks = start + np.arange(len(pred))
+    valid = (ticks >= 0) & (ticks < len(truth))
+    true = np.full(pred.shape, np.nan)
+    true[valid] = truth[ticks[valid]]
+    prefix = 0 if req.prefix is None else req.rtc.frozen_steps if req.rtc is not None else len(req.prefix)
+    return {"pred": pred, "true": true, "valid": valid, "prefix": int(prefix), "tick": int(start)}
+
+
+def chunk_plot(record: dict[str, Any], names: list[str], title: str):
+    """`chunk_against_expert`'s record as the training chunk figure (xr0.plots): every dimension, robot units."""
+    from xr0.plots import chunk_figure
+
+    fig = chunk_figure(record["pred"], record["true"], names, prefix_len=record["prefix"], units="robot units",
+                       valid=record["valid"], true_label="expert")
+    fig.suptitle(f"{title}, chunk from tick {record['tick']}", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 class _Probe:
@@ -179,8 +219,10 @@ def rollout_reference(env: MetaWorldEnv, kind: str, cfg: EvalConfig, rng: np.ran
 
 
 def contact_sheet(frames: list[np.ndarray], path: Path, title: str, scale: int = 2) -> Path:
-    """Frames of one rollout in a row-major grid (8 per row), upscaled, with a title line."""
+    """Frames of one rollout in a row-major grid (8 per row), upscaled, with a title line (proper names kept)."""
     from PIL import Image, ImageDraw
+
+    from xr0.names import draw_title
 
     h, w = frames[0].shape[:2]
     cols = min(8, len(frames))
@@ -189,7 +231,7 @@ def contact_sheet(frames: list[np.ndarray], path: Path, title: str, scale: int =
     for i, f in enumerate(frames):
         img = Image.fromarray(f).resize((w * scale, h * scale), Image.NEAREST)
         sheet.paste(img, ((i % cols) * w * scale, 14 + (i // cols) * h * scale))
-    ImageDraw.Draw(sheet).text((2, 1), title, fill="black")
+    draw_title(ImageDraw.Draw(sheet), (2, 0), title)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path
@@ -201,8 +243,12 @@ def evaluate(policy_ref: str, tasks: list[str], episodes: int, seed: int, cfg: E
     """Success rate, steps to success, throughput (successes per simulated minute, idle ticks included),
     jerk, and with `perturb_at` reaction time and success after the move; `policy_ref` is a checkpoint path,
     `expert` or `zero` (or pass a loaded `policy`). keep_episodes: the row carries the per-episode results too."""
+    import matplotlib.pyplot as plt
     import torch
     from tqdm import tqdm
+
+    from xr0.embodiments import get as get_embodiment
+    from xr0.names import slug
 
     check_tasks(tasks)
     if cfg.perturb_at is not None and set(tasks) - PERTURBABLE:
@@ -228,17 +274,23 @@ def evaluate(policy_ref: str, tasks: list[str], episodes: int, seed: int, cfg: E
                 for e in range(episodes):
                     rng = np.random.default_rng([seed, i, e])
                     frames = [] if out_dir is not None and e < cfg.sheets else None
+                    chunks = [] if frames is not None and policy is not None else None
                     if policy is None:
                         r = rollout_reference(env, policy_ref, cfg, rng, frames)
                     else:
-                        r = rollout_policy(env, policy, cfg, rng, frames)
+                        r = rollout_policy(env, policy, cfg, rng, frames, chunks)
                     r["task"] = task
                     results.append(r)
                     if frames:
-                        tag = f"{label}_{cfg.mode}_d{cfg.latency}_{task}_ep{e}".replace("/", "_")
-                        contact_sheet(frames, out_dir / "sheets" / f"{tag}.png",
-                                      f"{label} {task} {cfg.mode} d={cfg.latency} "
-                                      f"{'success' if r['success'] else 'fail'} @{r['steps']}")
+                        name = slug(f"{label}_{cfg.mode}_d{cfg.latency}_{task}_ep{e}")  # files: ASCII, no spaces
+                        title = f"{label} {task} {cfg.mode} d={cfg.latency}"  # titles: the proper name
+                        contact_sheet(frames, out_dir / "sheets" / f"{name}.png",
+                                      f"{title} {'success' if r['success'] else 'fail'} @{r['steps']}")
+                    if chunks and chunks[0] is not None:
+                        fig = chunk_plot(chunks[0], list(get_embodiment(EMBODIMENT_OF[obs]).action_names), title)
+                        (out_dir / "chunks").mkdir(parents=True, exist_ok=True)
+                        fig.savefig(out_dir / "chunks" / f"{name}.png", dpi=80)
+                        plt.close(fig)
                     bar.update(1)
     bar.close()
     row = summarize(results, label, cfg if policy is not None else None, cfg.perturb_at)
@@ -246,7 +298,7 @@ def evaluate(policy_ref: str, tasks: list[str], episodes: int, seed: int, cfg: E
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{label}_{cfg.mode}_d{cfg.latency}.json").write_text(
+        (out_dir / f"{slug(f'{label}_{cfg.mode}_d{cfg.latency}')}.json").write_text(
             json.dumps({"row": row, "config": asdict(cfg), "episodes": results}, indent=1, default=str))
     if keep_episodes:
         row["per_episode"] = results
