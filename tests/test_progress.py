@@ -73,3 +73,14 @@ def test_a_module_left_in_eval_by_mistake_still_warns():
         quiet(Stage())
         warnings.warn("Found 2 module(s) in eval mode at the start of training. This may lead to ...")
     assert any("in eval mode" in str(w.message) for w in caught)
+
+
+def test_the_noise_is_dropped_and_a_real_warning_is_not():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet(nn.Linear(2, 2))
+        warnings.warn("Checkpoint directory /runs/x/checkpoints exists and is not empty.")  # a resume: asks nothing
+        warnings.warn("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.")
+        real = "checkpoint last.ckpt is corrupt or truncated; falling back to the previous one"
+        warnings.warn(real)
+    assert [str(w.message) for w in caught] == [real]

@@ -65,8 +65,11 @@ class _DropTips(logging.Filter):
 
 
 # Warnings that ask nothing of an xr0 user: the stages define a validation step for labs that add a validation
-# split, and the stock recipes have none; Lightning's own use of a torch API torch deprecated.
-NOISE = (r"You defined a `validation_step` but have no `val_dataloader`", r".*isinstance\(treespec, LeafSpec\)")
+# split, and the stock recipes have none; a resumed run writes into its own checkpoint folder (xr0.run decides who
+# owns a folder, xr0.fault's ledger what rotation may delete); Lightning's own use of a torch API torch deprecated.
+NOISE = (r"You defined a `validation_step` but have no `val_dataloader`",
+         r"Checkpoint directory .* exists and is not empty",
+         r".*isinstance\(treespec, LeafSpec\)")
 
 
 def quiet(module: Any) -> None:

@@ -41,7 +41,7 @@ def lock_run_dir(out: Path, wait_for_pid_s: float = 2.0) -> IO[str]:
     """Take the run folder's exclusive lock (held while the returned file stays open) or raise RunFolderBusy
     naming the holder's pid."""
     out.mkdir(parents=True, exist_ok=True)
-    f = open(out / LOCK_FILE, "a+")
+    f = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - the lock is held as long as this file stays open
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
