@@ -192,19 +192,27 @@ def _step_of(path: Path) -> float:
     return float(m.group(1)) if m else math.inf  # last.ckpt is newest
 
 
-def _loads(path: Path, key: str) -> bool:
+def _loads(path: Path, key: str) -> int | None:
+    """The checkpoint's global_step (-1 where it has none) when it loads and holds `key`, else None."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return isinstance(ckpt, dict) and key in ckpt
     except Exception:
-        return False
+        return None
+    if not isinstance(ckpt, dict) or key not in ckpt:
+        return None
+    return int(ckpt.get("global_step", -1))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """global_step of a complete checkpoint (a file, or a sharded folder); None when it is unreadable."""
+    path = Path(path)
+    if path.is_dir():  # sharded: torch.distributed.checkpoint's .metadata (written last) + Lightning's meta.pt
+        return _loads(path / "meta.pt", "global_step") if (path / ".metadata").is_file() else None
+    return _loads(path, "state_dict")
 
 
 def checkpoint_is_readable(path: Path) -> bool:
-    path = Path(path)
-    if path.is_dir():  # sharded: torch.distributed.checkpoint's .metadata (written last) + Lightning's meta.pt
-        return (path / ".metadata").is_file() and _loads(path / "meta.pt", "global_step")
-    return _loads(path, "state_dict")
+    return checkpoint_step(path) is not None
 
 
 def _candidates(ckpt_dir: Path) -> list[Path]:
@@ -214,27 +222,36 @@ def _candidates(ckpt_dir: Path) -> list[Path]:
 
 
 def find_resume_checkpoint(ckpt_dir: Path) -> Path:
-    """The newest readable checkpoint in a run's checkpoint folder; warns about each corrupt one skipped."""
+    """The readable checkpoint with the most steps in a run's checkpoint folder (last.ckpt on a tie); warns about
+    each corrupt one. By step, not by name: a kill between a run's step save and its last.ckpt save leaves
+    last.ckpt one save behind, and resuming from it would throw the newer checkpoint's steps away."""
     candidates = _candidates(ckpt_dir)
     if not candidates:
         raise FileNotFoundError(f"--resume last: no checkpoints in {ckpt_dir}; start without --resume")
+    best, best_step = None, None
     for cand in candidates:
-        if checkpoint_is_readable(cand):
-            return cand
-        warnings.warn(f"checkpoint {cand} is corrupt or truncated; falling back to the previous one")
-    raise FileNotFoundError(f"--resume last: every checkpoint in {ckpt_dir} is unreadable ({', '.join(p.name for p in candidates)})")
+        step = checkpoint_step(cand)
+        if step is None:
+            warnings.warn(f"checkpoint {cand} is corrupt or truncated; falling back to the previous one")
+        elif best_step is None or step > best_step:
+            best, best_step = cand, step
+    if best is None:
+        raise FileNotFoundError(f"--resume last: every checkpoint in {ckpt_dir} is unreadable "
+                                f"({', '.join(p.name for p in candidates)})")
+    return best
 
 
 def recover_last(ckpt_dir: Path) -> Path:
-    """`--resume last` with the folder put right: every unreadable checkpoint newer than the newest good one is
-    renamed `<stem>.corrupt-<time>.ckpt`, and `last.ckpt` is made the good one (a hard link, or a copy), so what
-    recipes, `init_from` and the README point at is the checkpoint the run continues from. Returns last.ckpt."""
+    """`--resume last` with the folder put right: every unreadable checkpoint is renamed
+    `<stem>.corrupt-<time>.ckpt`, and `last.ckpt` is made the readable one with the most steps (a hard link, or a
+    copy), so what recipes, `init_from` and the README point at is the checkpoint the run continues from. Returns
+    last.ckpt."""
     ckpt_dir = Path(ckpt_dir)
     good = find_resume_checkpoint(ckpt_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for bad in _candidates(ckpt_dir):
-        if bad == good:
-            break
+        if bad == good or checkpoint_is_readable(bad):
+            continue
         aside = bad.with_name(f"{bad.stem}{CORRUPT_MARK}{stamp}{bad.suffix}")
         n = 1
         while aside.exists():

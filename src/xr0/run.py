@@ -149,7 +149,7 @@ def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = No
     """Train the stage a recipe names (extra Lightning callbacks optional). Returns the run directory."""
     import lightning as L
 
-    from xr0.fault import clean_stale, find_resume_checkpoint, recover_last
+    from xr0.fault import checkpoint_step, clean_stale, find_resume_checkpoint, recover_last
     from xr0.plugins import load_plugins
     from xr0.strategies import global_batch
 
@@ -170,7 +170,7 @@ def fit(recipe: str, overrides: list[str] | None = None, resume: str | None = No
         ckpt_path = resume
         if resume == "last":
             ckpt_path = str(recover_last(ckpts) if rank0 else find_resume_checkpoint(ckpts))
-            print(f"[xr0] resuming from {ckpt_path}")
+            print(f"[xr0] resuming from {ckpt_path} (step {checkpoint_step(Path(ckpt_path))})")
         if rank0:
             config.save_resolved(tree, out / "recipe.yaml")
         L.seed_everything(run.seed, workers=True, verbose=False)

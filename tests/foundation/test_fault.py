@@ -1,5 +1,6 @@
 """Non-finite steps are skipped then stop the run; saves are atomic; resume skips (and sets aside) corrupt
 checkpoints; rotation deletes only the run's own checkpoints."""
+import os
 import tempfile
 
 import lightning as L
@@ -92,6 +93,25 @@ def test_resume_falls_back_past_a_corrupt_last_checkpoint(tmp_path):
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 6
     assert torch.load(ckpts / "step0000004.ckpt", weights_only=True)["global_step"] == 4  # the link was replaced,
     # not written through
+
+
+def test_resume_takes_the_checkpoint_with_the_most_steps_when_last_is_one_save_behind(tmp_path):
+    # a kill between a run's step save and its last.ckpt save: step 12 is complete, last.ckpt still holds step 8
+    module = Toy()
+    trainer = build_trainer(tree(8), module, tmp_path)
+    trainer.fit(module)
+    ckpts = tmp_path / "checkpoints"
+    newer = torch.load(ckpts / "last.ckpt", weights_only=True)
+    newer["global_step"] = 12
+    torch.save(newer, ckpts / "step0000012.ckpt")
+    os.utime(ckpts / "step0000012.ckpt", (1, 1))  # older on the clock than last.ckpt: the step decides, not mtime
+    assert find_resume_checkpoint(ckpts).name == "step0000012.ckpt"
+    last = recover_last(ckpts)
+    assert torch.load(last, weights_only=True)["global_step"] == 12
+    assert torch.load(ckpts / "step0000012.ckpt", weights_only=True)["global_step"] == 12
+    assert not list(ckpts.glob("*corrupt*")), "a readable checkpoint is never set aside"
+    # a tie goes to last.ckpt, so a plain run's resume is unchanged
+    assert find_resume_checkpoint(ckpts) == last
 
 
 def test_atomic_write_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
