@@ -1,5 +1,6 @@
 """Plain helpers every transformers-based backbone shares: the recipe options they take alike (LoRA, dtype, freeze),
-gradient checkpointing that keeps the DiT's KV cache, and the normalise step before a vision tower."""
+freezing, gradient checkpointing that keeps the DiT's KV cache, the last-K-layers cache of the static prefills and
+the normalise step before a vision tower."""
 from __future__ import annotations
 
 from typing import Any
@@ -58,3 +59,39 @@ def normalise(images: Tensor, mean: Any, std: Any) -> Tensor:
     m = torch.as_tensor(mean, device=images.device, dtype=images.dtype).reshape(c, 1, 1)
     s = torch.as_tensor(std, device=images.device, dtype=images.dtype).reshape(c, 1, 1)
     return (images - m) / s
+
+
+class HFBackbone(nn.Module):
+    """Base of a backbone that wraps a transformers model in `self.model` (maybe under peft): unwrapping and the
+    protocol's freezing, alike for every family."""
+
+    model: nn.Module
+    frozen: bool = False
+
+    @property
+    def hf(self) -> nn.Module:
+        """The underlying transformers model (unwrapped from peft)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def freeze(self) -> None:
+        """No gradients, eval mode; the forward then runs under no_grad and `train()` keeps it in eval."""
+        self.requires_grad_(False)
+        self.frozen = True
+        self.eval()
+
+    def train(self, mode: bool = True) -> HFBackbone:
+        return super().train(mode and not self.frozen)  # a frozen VLM stays in eval
+
+
+class KeepLast:
+    """A cache for HF decoder layers that keeps the rotated K/V of layers >= first and stores nothing else (the
+    static prefills need only the last K layers the DiT reads)."""
+
+    def __init__(self, first: int):
+        self.first, self.keys, self.values = first, [], []
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
+        if layer_idx >= self.first:
+            self.keys.append(key_states)
+            self.values.append(value_states)
+        return key_states, value_states

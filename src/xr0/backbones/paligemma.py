@@ -27,7 +27,15 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from xr0.backbones.common import IGNORE, apply_lora, enable_checkpointing, normalise, option_problems
+from xr0.backbones.common import (
+    IGNORE,
+    HFBackbone,
+    KeepLast,
+    apply_lora,
+    enable_checkpointing,
+    normalise,
+    option_problems,
+)
 from xr0.backbones.tokenizer import ByteTokenizer, HFTokenizer
 from xr0.registry import BACKBONES
 from xr0.types import VLMContext
@@ -114,7 +122,7 @@ class _FullKV(DynamicCache):
 
 # ---------------------------------------------------------------------------------------------------- adapter
 @BACKBONES.register("paligemma")
-class PaliGemmaBackbone(nn.Module):
+class PaliGemmaBackbone(HFBackbone):
     """PaliGemma 2 from a local directory (`pretrained`), the published 3B-224 architecture, or a tiny random one."""
 
     # `xr0 bench --backbone paligemma --scale`: the tiny random model and PaliGemma 2 3B at its native 224²
@@ -177,11 +185,6 @@ class PaliGemmaBackbone(nn.Module):
                 problems.append(f"backbone.tiny: {e}")
         return problems
 
-    @property
-    def hf(self) -> nn.Module:
-        """The underlying transformers model (unwrapped from peft)."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-
     # ------------------------------------------------------------------ contract: spec, freezing, capabilities
     def input_spec(self) -> dict[str, Any]:
         """Sides a multiple of the patch (SigLIP's positions are interpolated off its native size); a smart resize
@@ -201,14 +204,6 @@ class PaliGemmaBackbone(nn.Module):
             return cfg.vision_config.patch_size
         except (OSError, ValueError, KeyError, TypeError):
             return None
-
-    def freeze(self) -> None:
-        self.requires_grad_(False)
-        self.frozen = True
-        self.eval()
-
-    def train(self, mode: bool = True) -> PaliGemmaBackbone:
-        return super().train(mode and not self.frozen)  # a frozen VLM stays in eval
 
     def static_prefill(self) -> PaliGemmaStatic:
         return PaliGemmaStatic(self)
@@ -377,19 +372,6 @@ class PaliGemmaPlan:
     hw: tuple[int, int]
 
 
-class _KeepLast:
-    """A cache that keeps the K/V of layers >= first and stores nothing else."""
-
-    def __init__(self, first: int):
-        self.first, self.keys, self.values = first, [], []
-
-    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
-        if layer_idx >= self.first:
-            self.keys.append(key_states)
-            self.values.append(value_states)
-        return key_states, value_states
-
-
 class PaliGemmaStatic:
     """PaliGemmaBackbone's declared static prefill (xr0.backbones.protocol.StaticPrefill): tokens, positions, masks
     and RoPE planned once; SigLIP, the projector and the Gemma 2 layers then run with no host sync."""
@@ -438,7 +420,7 @@ class PaliGemmaStatic:
         hidden = lm.embed_tokens(plan.input_ids)  # (B,S,D), scaled by √hidden inside the embedding
         d = hidden.shape[-1]
         hidden = hidden.reshape(b * s, d).index_copy(0, plan.image_index, seen[0].to(hidden.dtype)).view(b, s, d)
-        cache = _KeepLast(self.backbone.num_layers - num_layers)
+        cache = KeepLast(self.backbone.num_layers - num_layers)
         types = getattr(lm.config, "layer_types", None) or ["full_attention"] * len(lm.layers)
         for layer, kind in zip(lm.layers, types):
             hidden = layer(hidden, position_embeddings=(plan.cos, plan.sin), attention_mask=plan.masks[kind],

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-from xr0.backbones.common import IGNORE, apply_lora, enable_checkpointing, option_problems
+from xr0.backbones.common import IGNORE, HFBackbone, apply_lora, enable_checkpointing, option_problems
 from xr0.backbones.configs import tiny_qwen3vl_config
 from xr0.backbones.images import CLIP_MEAN, CLIP_STD, MAX_PIXELS, MIN_PIXELS, patchify, read_preprocessor
 from xr0.backbones.qwen3vl_static import Qwen3VLStatic, encode_images, vision_tables
@@ -67,7 +67,7 @@ def _architecture(config: str | dict):
 
 
 @BACKBONES.register("qwen3vl")
-class Qwen3VLBackbone(nn.Module):
+class Qwen3VLBackbone(HFBackbone):
     """Qwen3-VL from a local directory (`pretrained`) or a tiny random config; KV cache for the DiT."""
 
     # `xr0 bench --scale`: the tiny random model (CPU, CI) and the published 4B architecture (random weights)
@@ -185,20 +185,6 @@ class Qwen3VLBackbone(nn.Module):
             return vis.vision_config.patch_size * vis.vision_config.spatial_merge_size
         except (OSError, ValueError, KeyError, TypeError):
             return None
-
-    @property
-    def hf(self) -> nn.Module:
-        """The underlying transformers model (unwrapped from peft)."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-
-    def freeze(self) -> None:
-        """No gradients, eval mode; the forward then runs under no_grad and `train()` keeps it in eval."""
-        self.requires_grad_(False)
-        self.frozen = True
-        self.eval()
-
-    def train(self, mode: bool = True) -> Qwen3VLBackbone:
-        return super().train(mode and not self.frozen)  # a frozen VLM stays in eval
 
     def static_prefill(self) -> Qwen3VLStatic:
         """Declared capability: the planned, sync-free prefill FastPolicy chains (xr0.backbones.qwen3vl_static)."""

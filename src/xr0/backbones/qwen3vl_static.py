@@ -19,6 +19,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_interpolation_indices_and_weights, get_vision_position_ids
 
+from xr0.backbones.common import KeepLast
 from xr0.backbones.images import pixel_patches
 from xr0.types import VLMContext
 
@@ -122,19 +123,6 @@ def _vision_block(blk, x: Tensor, cos: Tensor, sin: Tensor, n_images: int) -> Te
     return x + blk.mlp(blk.norm2(x))
 
 
-class _KeepLast:
-    """A cache that keeps the rotated K/V of layers >= first and stores nothing else."""
-
-    def __init__(self, first: int):
-        self.first, self.keys, self.values = first, [], []
-
-    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
-        if layer_idx >= self.first:
-            self.keys.append(key_states)
-            self.values.append(value_states)
-        return key_states, value_states
-
-
 def static_context(backbone, plan: PromptPlan, images: Tensor, image_mask: Tensor | None,
                    num_layers: int) -> VLMContext:
     """The VLMContext of `Qwen3VLBackbone.context` for a planned prompt, with no host syncs (inference only)."""
@@ -152,7 +140,7 @@ def prefill(backbone, plan: PromptPlan, image_embeds: Tensor, deepstack: list[Te
     d = hidden.shape[-1]
     # image tokens take the image embeddings in order (HF: masked_scatter), by a planned index: no sync
     hidden = hidden.reshape(b * s, d).index_copy(0, plan.image_index, image_embeds.to(hidden.dtype)).view(b, s, d)
-    cache = _KeepLast(backbone.num_layers - num_layers)
+    cache = KeepLast(backbone.num_layers - num_layers)
     for i, layer in enumerate(lm.layers):
         hidden = layer(hidden, position_embeddings=(plan.text_cos, plan.text_sin), attention_mask=plan.causal_mask,
                        cache=cache)
