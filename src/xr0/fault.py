@@ -221,24 +221,30 @@ def _candidates(ckpt_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (_step_of(p), p.stat().st_mtime), reverse=True)
 
 
-def find_resume_checkpoint(ckpt_dir: Path) -> Path:
-    """The readable checkpoint with the most steps in a run's checkpoint folder (last.ckpt on a tie); warns about
-    each corrupt one. By step, not by name: a kill between a run's step save and its last.ckpt save leaves
-    last.ckpt one save behind, and resuming from it would throw the newer checkpoint's steps away."""
+def _scan(ckpt_dir: Path) -> tuple[Path, list[Path]]:
+    """The readable checkpoint with the most steps (last.ckpt on a tie) and the unreadable ones, each loaded once."""
     candidates = _candidates(ckpt_dir)
     if not candidates:
         raise FileNotFoundError(f"--resume last: no checkpoints in {ckpt_dir}; start without --resume")
-    best, best_step = None, None
+    best, best_step, unreadable = None, None, []
     for cand in candidates:
         step = checkpoint_step(cand)
         if step is None:
+            unreadable.append(cand)
             warnings.warn(f"checkpoint {cand} is corrupt or truncated; falling back to the previous one")
         elif best_step is None or step > best_step:
             best, best_step = cand, step
     if best is None:
         raise FileNotFoundError(f"--resume last: every checkpoint in {ckpt_dir} is unreadable "
                                 f"({', '.join(p.name for p in candidates)})")
-    return best
+    return best, unreadable
+
+
+def find_resume_checkpoint(ckpt_dir: Path) -> Path:
+    """The readable checkpoint with the most steps in a run's checkpoint folder (last.ckpt on a tie); warns about
+    each corrupt one. By step, not by name: a kill between a run's step save and its last.ckpt save leaves
+    last.ckpt one save behind, and resuming from it would throw the newer checkpoint's steps away."""
+    return _scan(ckpt_dir)[0]
 
 
 def recover_last(ckpt_dir: Path) -> Path:
@@ -247,11 +253,9 @@ def recover_last(ckpt_dir: Path) -> Path:
     copy), so what recipes, `init_from` and the README point at is the checkpoint the run continues from. Returns
     last.ckpt."""
     ckpt_dir = Path(ckpt_dir)
-    good = find_resume_checkpoint(ckpt_dir)
+    good, unreadable = _scan(ckpt_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for bad in _candidates(ckpt_dir):
-        if bad == good or checkpoint_is_readable(bad):
-            continue
+    for bad in unreadable:
         aside = bad.with_name(f"{bad.stem}{CORRUPT_MARK}{stamp}{bad.suffix}")
         n = 1
         while aside.exists():
