@@ -22,7 +22,6 @@ format `xr0 ablate` prints (xr0.effects).
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,9 +115,9 @@ def discontinuities(states: np.ndarray, k: float = JUMP_K, atol: float = JUMP_AT
 
 
 def _decode(frames: dict[str, bytes | None]) -> dict[str, np.ndarray | None]:
-    from PIL import Image
+    from xr0.data.reader import decode_image  # the reader's own decoding: what training saw
 
-    return {c: None if b is None else np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for c, b in frames.items()}
+    return {c: None if b is None else decode_image(b) for c, b in frames.items()}
 
 
 def _err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
