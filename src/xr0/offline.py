@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from xr0.effects import Effect, bootstrap_effect, markdown
+from xr0.effects import Effect, bootstrap_effect, markdown, spread_cell
 
 DELAYS = (0, 2, 4, 6)
 JUMP_K = 8.0  # a step larger than this many times the dim's median step (and than JUMP_ATOL) is a discontinuity
@@ -199,7 +199,7 @@ def tables(labels: list[str], results: list[dict[str, Any]], delays: tuple[int, 
     T = results[0]["chunk"]
     steps = sorted({0, T // 4, T // 2, (3 * T) // 4, T - 1})
     f = lambda x: "–" if not np.isfinite(x) else f"{x:.4f}"
-    ms = lambda v: "–" if not np.isfinite(v).any() else f"{np.nanmean(v):.4f} ± {np.nanstd(v):.4f}"
+    ms = lambda v: spread_cell(v, digits=4)
     n_eps = len(results[0]["episodes"])
     out = [f"Mean ± std over {n_eps} held-out episodes; robot units (absolute targets, as served).", "",
            "### action error |â − a| per chunk step (mean over action dims)", "",
